@@ -1,0 +1,313 @@
+"""Glow (Kingma & Dhariwal, 2018) with rosinality's module tree and parameter names.
+
+The names match https://github.com/rosinality/glow-pytorch so that the base models of "Taming
+Normalizing Flows" (Malnick et al., WACV 2024) load with strict key checking (DESIGN.md section 5).
+Unlike rosinality's code, every log-determinant here is per sample, shape (B,), and log-probabilities
+are always accumulated in fp32.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import scipy.linalg
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass(frozen=True)
+class GlowConfig:
+    """Architecture and quantization of a Glow; stored in every checkpoint's metadata."""
+
+    in_channel: int = 1
+    img_size: int = 32
+    n_flow: int = 8
+    n_block: int = 3
+    hidden: int = 128
+    affine: bool = False
+    conv_lu: bool = True
+    n_bits: int = 5
+
+    def to_dict(self) -> dict[str, int | bool]:
+        return asdict(self)
+
+    @property
+    def n_dims(self) -> int:
+        """M = C*H*W, the number of dimensions one image has."""
+        return self.in_channel * self.img_size * self.img_size
+
+
+class ActNorm(nn.Module):
+    """Per-channel affine map, initialised from the first batch it sees (unless loaded)."""
+
+    def __init__(self, in_channel: int):
+        super().__init__()
+        self.loc = nn.Parameter(torch.zeros(1, in_channel, 1, 1))
+        self.scale = nn.Parameter(torch.ones(1, in_channel, 1, 1))
+        self.register_buffer("initialized", torch.tensor(0, dtype=torch.uint8))
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor) -> None:
+        flat = x.transpose(0, 1).reshape(x.shape[1], -1)
+        self.loc.copy_(-flat.mean(1).view(1, -1, 1, 1))
+        self.scale.copy_(1 / (flat.std(1).view(1, -1, 1, 1) + 1e-6))
+        self.initialized.fill_(1)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        # x: [B, C, H, W] -> (y [B, C, H, W], logdet [B])
+        if self.initialized.item() == 0:
+            self.initialize(x)
+        logdet = x.shape[2] * x.shape[3] * torch.log(torch.abs(self.scale)).sum()
+        return self.scale * (x + self.loc), logdet.expand(x.shape[0])
+
+    def reverse(self, y: Tensor) -> Tensor:
+        return y / self.scale - self.loc
+
+
+class InvConv2d(nn.Module):
+    """Invertible 1x1 convolution with a full weight (rosinality's `no_lu`)."""
+
+    def __init__(self, in_channel: int):
+        super().__init__()
+        q, _ = torch.linalg.qr(torch.randn(in_channel, in_channel))
+        self.weight = nn.Parameter(q.unsqueeze(2).unsqueeze(3))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        logdet = x.shape[2] * x.shape[3] * torch.linalg.slogdet(self.weight.squeeze().double())[1].float()
+        return F.conv2d(x, self.weight), logdet.expand(x.shape[0])
+
+    def reverse(self, y: Tensor) -> Tensor:
+        inverse = torch.linalg.inv(self.weight.squeeze().double()).float()
+        return F.conv2d(y, inverse.unsqueeze(2).unsqueeze(3))
+
+
+class InvConv2dLU(nn.Module):
+    """Invertible 1x1 convolution parameterised by W = P L (U + diag(sign(s) exp(w_s)))."""
+
+    def __init__(self, in_channel: int):
+        super().__init__()
+        q, _ = np.linalg.qr(np.random.randn(in_channel, in_channel))
+        w_p, w_l, w_u = scipy.linalg.lu(q.astype(np.float32))
+        w_s = np.diag(w_u)
+        u_mask = np.triu(np.ones_like(w_u), 1)
+        self.register_buffer("w_p", torch.from_numpy(w_p.copy()).float())
+        self.register_buffer("u_mask", torch.from_numpy(u_mask.copy()).float())
+        self.register_buffer("l_mask", torch.from_numpy(u_mask.T.copy()).float())
+        self.register_buffer("s_sign", torch.sign(torch.from_numpy(w_s.copy())).float())
+        self.register_buffer("l_eye", torch.eye(in_channel))
+        self.w_l = nn.Parameter(torch.from_numpy(w_l.copy()).float())
+        self.w_s = nn.Parameter(torch.log(torch.abs(torch.from_numpy(w_s.copy()))).float())
+        self.w_u = nn.Parameter(torch.from_numpy(np.triu(w_u, 1).copy()).float())
+
+    def calc_weight(self) -> Tensor:
+        lower = self.w_l * self.l_mask + self.l_eye
+        upper = self.w_u * self.u_mask + torch.diag(self.s_sign * torch.exp(self.w_s))
+        return (self.w_p @ lower @ upper).unsqueeze(2).unsqueeze(3)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        logdet = x.shape[2] * x.shape[3] * self.w_s.sum()
+        return F.conv2d(x, self.calc_weight()), logdet.expand(x.shape[0])
+
+    def reverse(self, y: Tensor) -> Tensor:
+        inverse = torch.linalg.inv(self.calc_weight().squeeze().double()).float()
+        return F.conv2d(y, inverse.unsqueeze(2).unsqueeze(3))
+
+
+class ZeroConv2d(nn.Module):
+    """3x3 convolution initialised at zero, padded with ones, output scaled by exp(3 * scale)."""
+
+    def __init__(self, in_channel: int, out_channel: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channel, out_channel, 3, padding=0)
+        self.conv.weight.data.zero_()
+        self.conv.bias.data.zero_()
+        self.scale = nn.Parameter(torch.zeros(1, out_channel, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.conv(F.pad(x, [1, 1, 1, 1], value=1))
+        return out * torch.exp(self.scale * 3)
+
+
+class AffineCoupling(nn.Module):
+    """Coupling layer: additive (out_b = in_b + t) or affine (out_b = (in_b + t) * sigmoid(log_s + 2))."""
+
+    def __init__(self, in_channel: int, hidden: int = 512, affine: bool = False):
+        super().__init__()
+        self.affine = affine
+        self.net = nn.Sequential(
+            nn.Conv2d(in_channel // 2, hidden, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, hidden, 1),
+            nn.ReLU(inplace=True),
+            ZeroConv2d(hidden, in_channel if affine else in_channel // 2),
+        )
+        for i in (0, 2):
+            self.net[i].weight.data.normal_(0, 0.05)
+            self.net[i].bias.data.zero_()
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        in_a, in_b = x.chunk(2, 1)
+        if not self.affine:
+            return torch.cat([in_a, in_b + self.net(in_a)], 1), x.new_zeros(x.shape[0])
+        log_s, t = self.net(in_a).chunk(2, 1)
+        s = torch.sigmoid(log_s + 2)
+        logdet = torch.log(s).flatten(1).sum(1)
+        return torch.cat([in_a, (in_b + t) * s], 1), logdet
+
+    def reverse(self, y: Tensor) -> Tensor:
+        out_a, out_b = y.chunk(2, 1)
+        if not self.affine:
+            return torch.cat([out_a, out_b - self.net(out_a)], 1)
+        log_s, t = self.net(out_a).chunk(2, 1)
+        return torch.cat([out_a, out_b / torch.sigmoid(log_s + 2) - t], 1)
+
+
+class Flow(nn.Module):
+    """One step of flow: ActNorm, invertible 1x1 convolution, coupling."""
+
+    def __init__(self, in_channel: int, hidden: int, affine: bool, conv_lu: bool):
+        super().__init__()
+        self.actnorm = ActNorm(in_channel)
+        self.invconv: nn.Module = InvConv2dLU(in_channel) if conv_lu else InvConv2d(in_channel)
+        self.coupling = AffineCoupling(in_channel, hidden=hidden, affine=affine)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        out, det0 = self.actnorm(x)
+        out, det1 = self.invconv(out)
+        out, det2 = self.coupling(out)
+        return out, det0 + det1 + det2
+
+    def reverse(self, y: Tensor) -> Tensor:
+        return self.actnorm.reverse(self.invconv.reverse(self.coupling.reverse(y)))
+
+
+def gaussian_log_p(x: Tensor, mean: Tensor, log_sd: Tensor) -> Tensor:
+    """Elementwise log N(x; mean, exp(log_sd)^2)."""
+    return -0.5 * LOG_2PI - log_sd - 0.5 * (x - mean) ** 2 / torch.exp(2 * log_sd)
+
+
+def squeeze2x2(x: Tensor) -> Tensor:
+    # [B, C, H, W] -> [B, 4C, H/2, W/2], rosinality's channel order
+    b, c, h, w = x.shape
+    x = x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4)
+    return x.reshape(b, c * 4, h // 2, w // 2)
+
+
+def unsqueeze2x2(x: Tensor) -> Tensor:
+    b, c, h, w = x.shape
+    x = x.view(b, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)
+    return x.reshape(b, c // 4, h * 2, w * 2)
+
+
+class Block(nn.Module):
+    """Squeeze, n_flow steps of flow, then split half the channels off under a learned prior."""
+
+    def __init__(self, in_channel: int, n_flow: int, split: bool, hidden: int, affine: bool, conv_lu: bool):
+        super().__init__()
+        squeeze_dim = in_channel * 4
+        self.flows = nn.ModuleList(Flow(squeeze_dim, hidden, affine, conv_lu) for _ in range(n_flow))
+        self.split = split
+        self.prior = ZeroConv2d(in_channel * 2, in_channel * 4) if split else ZeroConv2d(in_channel * 4, in_channel * 8)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        # returns (out, logdet [B], log_p [B], z)
+        out = squeeze2x2(x)
+        logdet = x.new_zeros(x.shape[0])
+        for flow in self.flows:
+            out, det = flow(out)
+            logdet = logdet + det
+        if self.split:
+            out, z = out.chunk(2, 1)
+            mean, log_sd = self.prior(out).chunk(2, 1)
+        else:
+            z = out
+            mean, log_sd = self.prior(torch.zeros_like(out)).chunk(2, 1)
+        log_p = gaussian_log_p(z.float(), mean.float(), log_sd.float()).flatten(1).sum(1)
+        return out, logdet, log_p, z
+
+    def reverse(self, out: Tensor | None, z: Tensor, reconstruct: bool) -> Tensor:
+        """Invert the block; with reconstruct=False, z is unit noise scaled into the prior."""
+        if not reconstruct:
+            prior_in = out if self.split else torch.zeros_like(z)
+            mean, log_sd = self.prior(prior_in).chunk(2, 1)
+            z = mean + torch.exp(log_sd) * z
+        x = torch.cat([out, z], 1) if self.split else z
+        for flow in self.flows[::-1]:
+            x = flow.reverse(x)
+        return unsqueeze2x2(x)
+
+
+class Glow(nn.Module):
+    """Multi-scale Glow. `forward(x)` gives (log_p [B], logdet [B], z list)."""
+
+    def __init__(self, config: GlowConfig):
+        super().__init__()
+        self.config = config
+        self.blocks = nn.ModuleList()
+        n_channel = config.in_channel
+        for _ in range(config.n_block - 1):
+            self.blocks.append(Block(n_channel, config.n_flow, True, config.hidden, config.affine, config.conv_lu))
+            n_channel *= 2
+        # rosinality's last block always uses LU, whatever no_lu says
+        self.blocks.append(Block(n_channel, config.n_flow, False, config.hidden, config.affine, True))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+        log_p_sum = x.new_zeros(x.shape[0], dtype=torch.float32)
+        logdet = x.new_zeros(x.shape[0], dtype=torch.float32)
+        zs = []
+        out = x
+        for block in self.blocks:
+            out, det, log_p, z = block(out)
+            zs.append(z)
+            logdet = logdet + det.float()
+            log_p_sum = log_p_sum + log_p
+        return log_p_sum, logdet, zs
+
+    def reverse(self, zs: list[Tensor], reconstruct: bool = False) -> Tensor:
+        """Map latents back to images. reconstruct=True inverts `forward` exactly."""
+        x: Tensor | None = None
+        for i, block in enumerate(self.blocks[::-1]):
+            x = block.reverse(x, zs[-(i + 1)], reconstruct)
+        assert x is not None
+        return x
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Log density in nats of dequantized images x [B, C, H, W] -> [B]."""
+        log_p, logdet, _ = self(x)
+        return log_p + logdet
+
+    def bpd(self, x: Tensor) -> Tensor:
+        """Bits per dimension of dequantized images x [B, C, H, W] -> [B] (DESIGN.md section 4)."""
+        return bpd_from_log_prob(self.log_prob(x), self.config)
+
+    def z_shapes(self) -> list[tuple[int, int, int]]:
+        c, size = self.config.in_channel, self.config.img_size
+        shapes = []
+        for _ in range(self.config.n_block - 1):
+            c, size = c * 2, size // 2
+            shapes.append((c, size, size))
+        shapes.append((c * 4, size // 2, size // 2))
+        return shapes
+
+    def latents(self, n: int, temperature: float = 0.7, seed: int = 0) -> list[Tensor]:
+        """Unit-normal latents scaled by temperature, reproducible by seed (on the CPU)."""
+        gen = torch.Generator().manual_seed(seed)
+        return [temperature * torch.randn(n, *shape, generator=gen) for shape in self.z_shapes()]
+
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float = 0.7, z: list[Tensor] | None = None, seed: int = 0) -> Tensor:
+        """Draw n images [n, C, H, W] in [-0.5, 0.5]; pass z to reuse fixed latents."""
+        device = next(self.parameters()).device
+        zs = z if z is not None else self.latents(n, temperature, seed)
+        return self.reverse([t.to(device) for t in zs]).clamp(-0.5, 0.5)
+
+
+def bpd_from_log_prob(log_prob: Tensor, config: GlowConfig) -> Tensor:
+    """bpd = (-log p(x) + M ln 2^n_bits) / (M ln 2), the discrete likelihood of n_bits images."""
+    m = config.n_dims
+    return (-log_prob + m * config.n_bits * math.log(2)) / (m * math.log(2))
