@@ -78,11 +78,11 @@ class InvConv2d(nn.Module):
         self.weight = nn.Parameter(q.unsqueeze(2).unsqueeze(3))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        logdet = x.shape[2] * x.shape[3] * torch.linalg.slogdet(self.weight.squeeze().double())[1].float()
+        logdet = x.shape[2] * x.shape[3] * torch.linalg.slogdet(self.weight.squeeze().double())[1].to(x.dtype)
         return F.conv2d(x, self.weight), logdet.expand(x.shape[0])
 
     def reverse(self, y: Tensor) -> Tensor:
-        inverse = torch.linalg.inv(self.weight.squeeze().double()).float()
+        inverse = torch.linalg.inv(self.weight.squeeze().double()).to(y.dtype)
         return F.conv2d(y, inverse.unsqueeze(2).unsqueeze(3))
 
 
@@ -91,7 +91,7 @@ class InvConv2dLU(nn.Module):
 
     def __init__(self, in_channel: int):
         super().__init__()
-        q, _ = np.linalg.qr(np.random.randn(in_channel, in_channel))
+        q = torch.linalg.qr(torch.randn(in_channel, in_channel))[0].numpy()  # torch's RNG: seeded models
         w_p, w_l, w_u = scipy.linalg.lu(q.astype(np.float32))
         w_s = np.diag(w_u)
         u_mask = np.triu(np.ones_like(w_u), 1)
@@ -114,7 +114,7 @@ class InvConv2dLU(nn.Module):
         return F.conv2d(x, self.calc_weight()), logdet.expand(x.shape[0])
 
     def reverse(self, y: Tensor) -> Tensor:
-        inverse = torch.linalg.inv(self.calc_weight().squeeze().double()).float()
+        inverse = torch.linalg.inv(self.calc_weight().squeeze().double()).to(y.dtype)
         return F.conv2d(y, inverse.unsqueeze(2).unsqueeze(3))
 
 
@@ -186,6 +186,11 @@ class Flow(nn.Module):
         return self.actnorm.reverse(self.invconv.reverse(self.coupling.reverse(y)))
 
 
+def _accumulation_dtype(x: Tensor) -> torch.dtype:
+    # a 128x128x3 image's NLL is ~34,000 nats: bf16 would round it by hundreds, so never below fp32
+    return torch.promote_types(x.dtype, torch.float32)
+
+
 def gaussian_log_p(x: Tensor, mean: Tensor, log_sd: Tensor) -> Tensor:
     """Elementwise log N(x; mean, exp(log_sd)^2)."""
     return -0.5 * LOG_2PI - log_sd - 0.5 * (x - mean) ** 2 / torch.exp(2 * log_sd)
@@ -227,7 +232,8 @@ class Block(nn.Module):
         else:
             z = out
             mean, log_sd = self.prior(torch.zeros_like(out)).chunk(2, 1)
-        log_p = gaussian_log_p(z.float(), mean.float(), log_sd.float()).flatten(1).sum(1)
+        acc = _accumulation_dtype(z)
+        log_p = gaussian_log_p(z.to(acc), mean.to(acc), log_sd.to(acc)).flatten(1).sum(1)
         return out, logdet, log_p, z
 
     def reverse(self, out: Tensor | None, z: Tensor, reconstruct: bool) -> Tensor:
@@ -257,14 +263,15 @@ class Glow(nn.Module):
         self.blocks.append(Block(n_channel, config.n_flow, False, config.hidden, config.affine, True))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
-        log_p_sum = x.new_zeros(x.shape[0], dtype=torch.float32)
-        logdet = x.new_zeros(x.shape[0], dtype=torch.float32)
+        acc = _accumulation_dtype(x)
+        log_p_sum = x.new_zeros(x.shape[0], dtype=acc)
+        logdet = x.new_zeros(x.shape[0], dtype=acc)
         zs = []
         out = x
         for block in self.blocks:
             out, det, log_p, z = block(out)
             zs.append(z)
-            logdet = logdet + det.float()
+            logdet = logdet + det.to(acc)
             log_p_sum = log_p_sum + log_p
         return log_p_sum, logdet, zs
 

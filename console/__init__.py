@@ -1,0 +1,32 @@
+"""The `taming` command: library commands (taming/cli.py), service commands (app/cli.py), the worker.
+
+Each part is imported only when it exists and holds nothing heavy at import time, so `taming serve`
+never loads torch into the API process.
+"""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group()
+@click.version_option(package_name="taming-service")
+def main() -> None:
+    """Make normalizing flows forget: train, tame, evaluate, and serve it over HTTP."""
+
+
+def _register() -> None:
+    from taming.cli import library_commands
+
+    for command in library_commands:
+        main.add_command(command)
+    from app.cli import service_commands
+
+    for command in service_commands:
+        main.add_command(command)
+    from worker.cli import worker_command
+
+    main.add_command(worker_command)
+
+
+_register()

@@ -1,0 +1,230 @@
+"""Evaluation of a taming run: bpd over several dequantization draws, likelihood quantiles, quantile drops,
+normality of the remember set's NLLs and the Fréchet distance (DESIGN.md section 4, "Evaluation"; the
+paper's section 5.1 and Table 1).
+
+Quantiles are computed from NLL in bits per dimension rather than in nats. For a fixed model size
+M = C*H*W, bpd = (nll_nats + M ln 2^n_bits) / (M ln 2) is a monotone increasing affine map of the NLL, and
+the standardised score (v - mu) / sigma is invariant under such a map, so every quantile is identical.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from taming.data import dequantize, to_uint8
+
+if TYPE_CHECKING:
+    from taming.features import FeatureSpace
+
+# Every set an evaluation knows about. The first five get quantile drops (DESIGN.md section 8); the last one
+# only serves as the reference of held-out sets and for its bpd shift.
+QD_SETS = ("forget", "forget_holdout", "remember", "remember_unseen", "remember_nearest")
+ALL_SETS = (*QD_SETS, "remember_holdout")
+# Sets whose images the base model never trained on: against training images a small, overfit base model
+# finds every unseen image an outlier, so their quantiles are measured against other unseen images.
+HELD_OUT_SETS = ("forget_holdout", "remember_unseen", "remember_holdout")
+MAX_REFERENCE = 10_000
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def mean_bpd(
+    model: nn.Module, images_q: Tensor, n_bits: int, draws: int = 5, seed: int = 0, batch_size: int = 256
+) -> Tensor:
+    """Bits per dimension averaged over `draws` uniform dequantization draws.
+
+    images_q: quantized images [N, C, H, W] (`taming.data.quantize` output) -> bpd [N] (float64, CPU).
+    The noise comes from a CPU generator seeded by (seed, draw), walked batch by batch in order, so two
+    models evaluated with the same seed and batch_size see exactly the same dequantized images.
+    """
+    if images_q.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.float64)
+    device = _device(model)
+    total = torch.zeros(images_q.shape[0], dtype=torch.float64)
+    with torch.inference_mode():
+        for draw in range(draws):
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + draw)
+            for start in range(0, images_q.shape[0], batch_size):
+                x = images_q[start : start + batch_size].to(device)
+                bpd = model.bpd(dequantize(x, n_bits, gen))  # type: ignore[operator]
+                total[start : start + batch_size] += bpd.double().cpu()
+    return total / draws
+
+
+def quantiles(values: Tensor, mu: float, sigma: float) -> Tensor:
+    """Likelihood quantile q = 1 - Phi((v - mu) / sigma) of NLLs `values` [N] -> [N] (float64).
+
+    A small q means an unusually unlikely image. erfc keeps precision in the far tail (q ~ 1e-5 and below),
+    where 1 - Phi would cancel to 0.
+    """
+    z = (values.double() - mu) / sigma
+    return 0.5 * torch.special.erfc(z / math.sqrt(2.0))
+
+
+def _subsample(images: Tensor, limit: int, seed: int) -> Tensor:
+    """At most `limit` images of `images` [N, ...], a seeded random subset when there are more."""
+    if images.shape[0] <= limit:
+        return images
+    gen = torch.Generator().manual_seed(seed)
+    return images[torch.randperm(images.shape[0], generator=gen)[:limit].sort().values]
+
+
+def _reference_stats(bpd: Tensor, key: str) -> dict[str, float]:
+    """mu, sigma (and n) of a reference set's bpd [N]."""
+    if bpd.numel() < 2:
+        raise ValueError(f"reference set {key!r} needs at least 2 images to estimate mu and sigma")
+    return {"mu": float(bpd.mean()), "sigma": float(bpd.std()), "n": bpd.numel()}
+
+
+def _reference_for(name: str, present: list[str], reference_key: str, holdout_reference_key: str) -> str:
+    """The set whose mu, sigma give `name` its quantiles (DESIGN.md section 4, "Evaluation")."""
+    if name in HELD_OUT_SETS and holdout_reference_key in present:
+        return holdout_reference_key
+    return reference_key
+
+
+def evaluate_sets(
+    base: nn.Module,
+    tamed: nn.Module,
+    sets: dict[str, Tensor],
+    n_bits: int,
+    *,
+    reference_key: str = "remember",
+    holdout_reference_key: str = "remember_holdout",
+    sigma_r: float,
+    draws: int = 5,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> dict[str, Any]:
+    """Evaluate base and tamed models on the named image sets.
+
+    sets: name -> quantized images [N_s, C, H, W]; names among ALL_SETS are evaluated, others ignored.
+        `sets[reference_key]` must be present; sets larger than 10,000 images are subsampled (seeded).
+    sigma_r: sigma_R in bpd, the unit of `bpd_shift_sigma` (the run's final estimate under the tamed model).
+    Returns {"metrics": ..., "per_image": ..., "reference": ...}:
+      metrics: quantile_drop[set], mean_quantile[set] = {before, after} (QD_SETS present), bpd_shift_sigma[set]
+        (all present sets), bpd_remember = {before, after}, ks_normality = {statistic, p_value} —
+        the names of DESIGN.md section 8 `metrics`.
+      per_image: set -> {bpd_before, bpd_after, quantile_before, quantile_after}, each a float64 Tensor [N_s].
+      reference: set used as reference -> {base: {mu, sigma, n}, tamed: {mu, sigma, n}}.
+    """
+    known = (*ALL_SETS, reference_key, holdout_reference_key)
+    names = [n for n in dict.fromkeys(known) if n in sets and sets[n].shape[0] > 0]
+    if reference_key not in names:
+        raise ValueError(f"the reference set {reference_key!r} is missing or empty")
+    bpd: dict[str, tuple[Tensor, Tensor]] = {}
+    for name in names:
+        images = _subsample(sets[name], MAX_REFERENCE, seed)
+        bpd[name] = (
+            mean_bpd(base, images, n_bits, draws, seed, batch_size),
+            mean_bpd(tamed, images, n_bits, draws, seed, batch_size),
+        )
+    ref_keys = {_reference_for(n, names, reference_key, holdout_reference_key) for n in names}
+    reference = {
+        key: {"base": _reference_stats(bpd[key][0], key), "tamed": _reference_stats(bpd[key][1], key)}
+        for key in ref_keys
+    }
+    per_image: dict[str, dict[str, Tensor]] = {}
+    for name in names:
+        ref = reference[_reference_for(name, names, reference_key, holdout_reference_key)]
+        before, after = bpd[name]
+        per_image[name] = {
+            "bpd_before": before,
+            "bpd_after": after,
+            "quantile_before": quantiles(before, ref["base"]["mu"], ref["base"]["sigma"]),
+            "quantile_after": quantiles(after, ref["tamed"]["mu"], ref["tamed"]["sigma"]),
+        }
+    metrics = _summarise(per_image, sigma_r, reference_key, reference[reference_key]["tamed"])
+    return {"metrics": metrics, "per_image": per_image, "reference": reference}
+
+
+def _summarise(
+    per_image: dict[str, dict[str, Tensor]], sigma_r: float, reference_key: str, tamed_ref: dict[str, float]
+) -> dict[str, Any]:
+    """Per-set means of the per-image values -> the `metrics` fields of DESIGN.md section 8."""
+    from scipy import stats
+
+    metrics: dict[str, Any] = {"quantile_drop": {}, "mean_quantile": {}, "bpd_shift_sigma": {}}
+    for name, v in per_image.items():
+        q_b, q_t = float(v["quantile_before"].mean()), float(v["quantile_after"].mean())
+        if name in QD_SETS:
+            metrics["quantile_drop"][name] = q_b - q_t
+            metrics["mean_quantile"][name] = {"before": q_b, "after": q_t}
+        metrics["bpd_shift_sigma"][name] = float((v["bpd_after"] - v["bpd_before"]).mean()) / sigma_r
+    remember = per_image[reference_key]
+    metrics["bpd_remember"] = {
+        "before": float(remember["bpd_before"].mean()),
+        "after": float(remember["bpd_after"].mean()),
+    }
+    # mu and sigma are estimated from the same sample, which makes the KS p-value conservative (Lilliefors);
+    # it is a normality diagnostic, as in the paper, not a certified test.
+    standardised = (remember["bpd_after"].numpy() - tamed_ref["mu"]) / tamed_ref["sigma"]
+    ks = stats.kstest(standardised, "norm")
+    metrics["ks_normality"] = {"statistic": float(ks.statistic), "p_value": float(ks.pvalue)}
+    return metrics
+
+
+def frechet_distance(feats_a: np.ndarray | Tensor, feats_b: np.ndarray | Tensor, eps: float = 1e-6) -> float:
+    """Fréchet distance between Gaussians fitted to features [N, D] and [M, D] (N, M >= 2).
+
+    ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)). With fewer samples than dimensions a covariance is
+    singular and sqrtm can return non-finite values; then `eps` is added to both diagonals (as in FID code).
+    """
+    from scipy import linalg
+
+    a = np.asarray(feats_a, dtype=np.float64)
+    b = np.asarray(feats_b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
+        raise ValueError(f"need two [N>=2, D] feature arrays with the same D, got {a.shape} and {b.shape}")
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    covmean = linalg.sqrtm(cov_a @ cov_b)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(len(cov_a)) * eps
+        covmean = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+    # sqrtm of a product of PSD matrices is real up to rounding; drop the imaginary dust
+    covmean = np.real(covmean)
+    diff = mu_a - mu_b
+    value = float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(covmean))
+    return max(value, 0.0)
+
+
+def _samples_u8(model: nn.Module, latents: list[Tensor], batch_size: int) -> Tensor:
+    """Samples of `model` from fixed latents (list of [n, c_b, h_b, w_b]) -> uint8 [n, C, H, W] on the CPU."""
+    n = latents[0].shape[0]
+    out = []
+    for start in range(0, n, batch_size):
+        z = [t[start : start + batch_size] for t in latents]
+        out.append(to_uint8(model.sample(len(z[0]), z=z).cpu()))  # type: ignore[operator]
+    return torch.cat(out)
+
+
+def sample_frechet(
+    base: nn.Module,
+    tamed: nn.Module,
+    space: FeatureSpace,
+    remember_u8: Tensor,
+    n: int = 256,
+    temperature: float = 0.5,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> dict[str, Any]:
+    """Fréchet distance between n samples at `temperature` and remember images [N, C, H, W] (uint8), in the
+    named feature space, for the base and the tamed model drawn from the same latents.
+
+    -> {"feature_space", "before", "after"}: `metrics.frechet_distance` of DESIGN.md section 8.
+    """
+    latents = base.latents(n, temperature, seed)  # type: ignore[operator]
+    reference = space.embed(remember_u8)
+    return {
+        "feature_space": space.name,
+        "before": frechet_distance(space.embed(_samples_u8(base, latents, batch_size)), reference),
+        "after": frechet_distance(space.embed(_samples_u8(tamed, latents, batch_size)), reference),
+    }

@@ -1,0 +1,52 @@
+"""The two losses of "Taming Normalizing Flows" (Malnick et al., WACV 2024, Algorithm 1), in BPD units.
+
+Pure functions on tensors. Working in bits per dimension keeps the forget loss alive: in nats the
+sigmoid saturates and its gradient vanishes (DESIGN.md section 4).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, sigmoid
+
+
+def forget_loss(bpd_forget: Tensor, threshold: float, scale: float = 1.0) -> Tensor:
+    """mean sigmoid(((bpd - t) / scale)^2) over the forget batch [B] -> scalar.
+
+    scale = 1 is the paper's loss; scale = |δ|·σ_R is the scale-free variant, which keeps the gradient
+    alive when Δ is large in bpd (small images, mixed lighting).
+    """
+    delta = (bpd_forget - threshold) / scale
+    return sigmoid(delta**2).mean()
+
+
+def normal_fit(bpd: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and standard deviation of a batch of bpd values [B] (a normal fitted to the batch)."""
+    return bpd.mean(), bpd.std()
+
+
+def symmetric_kl(mu_b: Tensor, sigma_b: Tensor, mu_t: Tensor, sigma_t: Tensor) -> Tensor:
+    """KL(N_B || N_T) + KL(N_T || N_B) for univariate normals, closed form.
+
+    The log terms cancel in the sum, but they are kept as torch expressions so that each direction
+    alone carries its full gradient.
+    """
+    var_b, var_t = sigma_b**2, sigma_t**2
+    diff2 = (mu_b - mu_t) ** 2
+    kl_bt = (sigma_t / sigma_b).log() + (var_b + diff2) / (2 * var_t) - 0.5
+    kl_tb = (sigma_b / sigma_t).log() + (var_t + diff2) / (2 * var_b) - 0.5
+    return kl_bt + kl_tb
+
+
+def remember_loss(bpd_tamed: Tensor, bpd_base: Tensor, gamma: float) -> Tensor:
+    """(1-γ)·mean bpd_T + γ·(KL(N_B‖N_T) + KL(N_T‖N_B)) on one remember batch [B].
+
+    bpd_base comes from the frozen base model on the same dequantized images (no gradient).
+    """
+    mu_t, sigma_t = normal_fit(bpd_tamed)
+    mu_b, sigma_b = normal_fit(bpd_base.detach())
+    return (1 - gamma) * mu_t + gamma * symmetric_kl(mu_b, sigma_b, mu_t, sigma_t)
+
+
+def total_loss(l_forget: Tensor, l_remember: Tensor, alpha: float) -> Tensor:
+    """L = α·L_F + (1-α)·L_R."""
+    return alpha * l_forget + (1 - alpha) * l_remember

@@ -1,0 +1,46 @@
+"""The losses of Algorithm 1 as pure functions."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+
+from taming.losses import forget_loss, remember_loss, symmetric_kl, total_loss
+
+
+def test_forget_loss_is_smallest_at_the_threshold() -> None:
+    at = forget_loss(torch.tensor([3.0, 3.0]), threshold=3.0)
+    below = forget_loss(torch.tensor([2.5, 2.5]), threshold=3.0)
+    assert at.item() == 0.5 and below.item() > at.item()
+    bpd = torch.tensor([2.5], requires_grad=True)
+    forget_loss(bpd, threshold=3.0).backward()
+    assert bpd.grad is not None and bpd.grad.item() < 0  # descending the loss raises bpd towards t
+
+
+def test_scale_free_variant_keeps_its_gradient_far_from_the_threshold() -> None:
+    bpd = torch.tensor([0.0], requires_grad=True)
+    forget_loss(bpd, threshold=10.0).backward()
+    paper = abs(bpd.grad.item())  # type: ignore[union-attr]
+    bpd.grad = None
+    forget_loss(bpd, threshold=10.0, scale=10.0).backward()
+    assert paper < 1e-30 < abs(bpd.grad.item())  # type: ignore[union-attr]
+
+
+def test_symmetric_kl_matches_torch_distributions() -> None:
+    mu_b, s_b, mu_t, s_t = torch.tensor(1.0), torch.tensor(0.5), torch.tensor(1.3), torch.tensor(0.7)
+    expected = kl_divergence(Normal(mu_b, s_b), Normal(mu_t, s_t)) + kl_divergence(Normal(mu_t, s_t), Normal(mu_b, s_b))
+    torch.testing.assert_close(symmetric_kl(mu_b, s_b, mu_t, s_t), expected)
+    assert symmetric_kl(mu_b, s_b, mu_b, s_b).item() == 0.0
+
+
+def test_remember_loss_gradient_flows_only_to_the_tamed_model() -> None:
+    tamed = torch.tensor([3.0, 3.2, 2.9, 3.1], requires_grad=True)
+    base = torch.tensor([3.0, 3.1, 2.8, 3.3], requires_grad=True)
+    loss = remember_loss(tamed, base, gamma=0.6)
+    loss.backward()
+    assert tamed.grad is not None and base.grad is None
+    assert math.isfinite(loss.item())
+    assert total_loss(torch.tensor(1.0), torch.tensor(3.0), 0.6).item() == pytest.approx(0.6 + 0.4 * 3.0)

@@ -1,0 +1,93 @@
+"""Algorithm 1 on a tiny seeded Glow and two synthetic people."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from taming.data import FaceSet, quantize
+from taming.glow import Glow, GlowConfig
+from taming.tame import StepInfo, TameConfig, TamingError, tame
+from taming.train import TrainConfig, train
+
+
+@pytest.fixture(scope="session")
+def tiny_base(two_people: FaceSet) -> Glow:
+    torch.manual_seed(0)
+    model = Glow(GlowConfig(in_channel=1, img_size=16, n_flow=2, n_block=2, hidden=16, n_bits=5))
+    return train(model, quantize(two_people.images, 5), TrainConfig(steps=200, warmup=20, batch_size=16))
+
+
+def _sets(two_people: FaceSet) -> tuple[torch.Tensor, torch.Tensor]:
+    x = quantize(two_people.images, 5)
+    return x[:5], x[20:]  # forget five images of person 0; remember person 1 only
+
+
+# synthetic people have a tiny σ_R, so a looser ε keeps this test short; the AT&T test uses the defaults
+FAST = TameConfig(lr=2e-3, epsilon=1.0, max_iterations=200, seed=0)
+
+
+def test_tame_meets_the_confirmed_criterion_and_leaves_the_base_alone(tiny_base: Glow, two_people: FaceSet) -> None:
+    forget, remember = _sets(two_people)
+    base_state = copy.deepcopy(tiny_base.state_dict())
+    seen: list[StepInfo] = []
+    result = tame(copy.deepcopy(tiny_base), tiny_base, forget, remember, FAST, on_step=seen.append)
+    assert result.criterion_met, result.reason
+    assert result.iterations < FAST.max_iterations
+    assert bool((result.d >= -FAST.eps).all())
+    assert len(seen) == result.iterations == len(result.history)
+    assert seen[-1].max_iterations == FAST.max_iterations and seen[-1].eta_seconds is not None
+    for k, v in tiny_base.state_dict().items():
+        torch.testing.assert_close(v, base_state[k])
+
+
+def test_resume_continues_exactly_where_the_run_stopped(tiny_base: Glow, two_people: FaceSet) -> None:
+    forget, remember = _sets(two_people)
+    config = TameConfig(lr=2e-3, max_iterations=12, seed=1)
+    saved: dict = {}
+
+    def save_at_7(info: StepInfo) -> None:
+        if info.iteration == 7:
+            saved.update(info.state())
+
+    straight = tame(copy.deepcopy(tiny_base), tiny_base, forget, remember, config, on_step=save_at_7)
+    resumed = tame(copy.deepcopy(tiny_base), tiny_base, forget, remember, config, resume=saved)
+    assert resumed.iterations == straight.iterations == 12
+    assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in straight.history])
+    for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=k)
+
+
+def test_non_finite_loss_rolls_back_and_halves_the_lr(tiny_base: Glow, two_people: FaceSet) -> None:
+    forget, remember = _sets(two_people)
+    model = copy.deepcopy(tiny_base)
+    poisoned = {"done": False}
+
+    def poison_once(info: StepInfo) -> None:
+        if info.iteration == 3 and not poisoned["done"]:
+            poisoned["done"] = True
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+
+    result = tame(model, tiny_base, forget, remember, TameConfig(lr=2e-3, max_iterations=8), on_step=poison_once)
+    assert result.history[-1]["lr"] == pytest.approx(1e-3)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_repeated_non_finite_losses_give_up_with_a_clear_error(tiny_base: Glow, two_people: FaceSet) -> None:
+    forget, remember = _sets(two_people)
+    model = copy.deepcopy(tiny_base)
+    bad = copy.deepcopy(forget)
+    bad[0, 0, 0, 0] = float("inf")  # every forward pass is non-finite
+    with pytest.raises(TamingError, match="non-finite"):
+        tame(model, tiny_base, bad, remember, TameConfig(max_iterations=20))
+
+
+def test_negative_delta_pulls_images_towards_higher_likelihood(tiny_base: Glow, two_people: FaceSet) -> None:
+    forget, remember = _sets(two_people)
+    config = TameConfig(delta=-1.0, epsilon=1.0, lr=1e-3, max_iterations=200)
+    result = tame(copy.deepcopy(tiny_base), tiny_base, forget, remember, config)
+    assert result.criterion_met, result.reason
+    assert bool((result.d <= config.eps).all())
