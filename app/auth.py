@@ -1,0 +1,83 @@
+"""API keys and roles. A key is shown once at creation; only its SHA-256 is stored.
+
+Roles (DESIGN.md section 7): admin (models, keys, promotion, everything), operator (submits jobs, sees
+only its own), auditor (reads everything, changes nothing). Object lookups answer 404, not 403, for an
+object the caller may not know exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app import audit
+from app.db import SessionDep
+from app.errors import ApiError, not_found
+from app.models import ROLES, ApiKey, Job
+
+KEY_PREFIX = "tk_"
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_key(session: Session, role: str, name: str, actor: str = "cli") -> tuple[ApiKey, str]:
+    """A new key row and the key itself (the only time it is known in clear). The caller commits."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    secret = KEY_PREFIX + secrets.token_urlsafe(32)
+    row = ApiKey(name=name, role=role, key_hash=hash_key(secret))
+    session.add(row)
+    session.flush()
+    audit.record(session, actor, "key.create", f"key:{row.id}", {"name": name, "role": role})
+    return row, secret
+
+
+def _unauthorized(message: str) -> ApiError:
+    return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
+
+
+def current_key(request: Request, session: SessionDep) -> ApiKey:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _unauthorized("send 'Authorization: Bearer <api key>'")
+    key = session.scalars(select(ApiKey).where(ApiKey.key_hash == hash_key(token.strip()))).first()
+    if key is None or key.revoked_at is not None:
+        raise _unauthorized("unknown or revoked API key")
+    return key
+
+
+CurrentKey = Annotated[ApiKey, Depends(current_key)]
+
+
+def require_role(*roles: str) -> Callable[[ApiKey], ApiKey]:
+    def check(key: CurrentKey) -> ApiKey:
+        if key.role not in roles:
+            raise ApiError(403, "forbidden", f"the {key.role} role may not do this (needs {' or '.join(roles)})")
+        return key
+
+    return check
+
+
+AdminKey = Annotated[ApiKey, Depends(require_role("admin"))]
+SubmitterKey = Annotated[ApiKey, Depends(require_role("admin", "operator"))]
+ReaderKey = Annotated[ApiKey, Depends(require_role("admin", "auditor"))]
+
+
+def sees_all(key: ApiKey) -> bool:
+    return key.role in ("admin", "auditor")
+
+
+def visible_job(session: Session, key: ApiKey, job_id: str) -> Job:
+    """The job, if this key may see it; otherwise 404 whether or not it exists."""
+    job = session.get(Job, job_id)
+    if job is None or not (sees_all(key) or job.submitted_by == key.id):
+        raise not_found("job", job_id)
+    return job

@@ -1,0 +1,28 @@
+"""FastAPI dependencies for the per-app objects: settings, storage, the doorbell."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.jobs import Enqueue
+from app.settings import Settings
+from app.storage import Storage
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def _storage(request: Request) -> Storage:
+    return request.app.state.storage
+
+
+def _enqueue(request: Request) -> Enqueue:
+    return request.app.state.enqueue
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+StorageDep = Annotated[Storage, Depends(_storage)]
+EnqueueDep = Annotated[Enqueue, Depends(_enqueue)]

@@ -1,0 +1,193 @@
+"""Jobs: submission (with idempotency), listing with cursor pagination, cancellation.
+
+Plain functions the routes call. The job row is the truth; `ring` only tells the workers to look, after
+the row is committed, and a lost doorbell is repaired by the sweeper or the next API start.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from fastapi import UploadFile
+from pydantic import ValidationError
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app import audit, uploads
+from app.auth import sees_all
+from app.errors import ApiError, not_found
+from app.models import TERMINAL_STATES, ApiKey, Job, Model, new_id, utcnow
+from app.schemas import JobParameters
+from app.settings import Settings
+from app.storage import Storage
+
+log = logging.getLogger(__name__)
+FILE_FIELDS = ("forget", "holdout", "positive", "negative")
+Enqueue = Callable[[str], None]
+
+
+@dataclass
+class Submission:
+    kind: str
+    model_id: str
+    subject_ref: str
+    parameters: JobParameters
+    callback_url: str | None
+    files: dict[str, list[UploadFile]] = field(default_factory=dict)
+
+
+def parse_parameters(text: str | None) -> JobParameters:
+    try:
+        return JobParameters.model_validate_json(text or "{}")
+    except ValidationError as exc:
+        problems = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
+        where = ".".join(str(p) for p in problems[0]["loc"]) or "parameters"
+        raise ApiError(422, "invalid_parameters", f"parameters: {where}: {problems[0]['msg']}", problems) from None
+
+
+def check_shape(sub: Submission) -> None:
+    """Which file fields each kind needs."""
+    has = {name: len(files) for name, files in sub.files.items() if files}
+    if sub.kind == "forget_identity":
+        if not has.get("forget"):
+            raise ApiError(422, "no_images", "a forget_identity job needs at least one 'forget' image")
+        if has.get("positive") or has.get("negative"):
+            raise ApiError(422, "invalid_request", "'positive'/'negative' belong to rebalance_attribute jobs")
+    else:
+        if not (has.get("positive") and has.get("negative")):
+            raise ApiError(422, "no_images", "a rebalance_attribute job needs 'positive' and 'negative' images")
+        if sub.parameters.target_share is None:
+            raise ApiError(422, "invalid_parameters", "a rebalance_attribute job needs parameters.target_share")
+    if sub.callback_url and not sub.callback_url.startswith(("http://", "https://")):
+        raise ApiError(422, "invalid_request", "callback_url must be an http(s) URL")
+
+
+def request_hash(sub: Submission, hashes: dict[tuple[str, int], str]) -> str:
+    body = {"kind": sub.kind, "model_id": sub.model_id, "subject_ref": sub.subject_ref,
+            "parameters": sub.parameters.model_dump(), "callback_url": sub.callback_url,
+            "files": sorted(f"{f}/{i}/{h}" for (f, i), h in hashes.items())}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _replay(session: Session, key: ApiKey, idem_key: str | None, digest: str) -> Job | None:
+    if not idem_key:
+        return None
+    job = session.scalars(select(Job).where(Job.submitted_by == key.id, Job.idempotency_key == idem_key)).first()
+    if job is not None and job.request_hash != digest:
+        raise ApiError(409, "idempotency_key_reused",
+                       "this Idempotency-Key was already used with a different request", {"job_id": job.id})
+    return job
+
+
+def submit(session: Session, storage: Storage, settings: Settings, key: ApiKey, sub: Submission,
+           idem_key: str | None) -> tuple[Job, bool]:
+    """Validate everything, store the uploads, commit the job row; (job, replayed)."""
+    check_shape(sub)
+    model = session.get(Model, sub.model_id)
+    if model is None:
+        raise not_found("model", sub.model_id)
+    groups = {name: files for name, files in sub.files.items() if files}
+    uploads.check_caps(groups, settings)
+    hashes = uploads.hash_all(groups)
+    digest = request_hash(sub, hashes)
+    if (earlier := _replay(session, key, idem_key, digest)) is not None:
+        return earlier, True
+    incoming = uploads.inspect_all(groups, hashes, model.image_size, model.channels, settings)
+    job_id = new_id()
+    entries = uploads.store_all(storage, job_id, incoming)
+    job = Job(id=job_id, kind=sub.kind, state="queued", model_id=model.id, subject_ref=sub.subject_ref,
+              parameters=sub.parameters.model_dump(), submitted_by=key.id, idempotency_key=idem_key,
+              request_hash=digest, uploads=entries, callback_url=sub.callback_url, progress={})
+    try:
+        session.add(job)
+        session.flush()
+        audit.record(session, key.id, "job.submit", f"job:{job.id}",
+                     {"kind": sub.kind, "model_id": model.id, "subject_ref": sub.subject_ref,
+                      "files": [e["sha256"] for e in entries]})
+        session.commit()
+    except IntegrityError:  # the same Idempotency-Key raced in from a parallel request
+        session.rollback()
+        storage.delete_prefix(f"uploads/{job_id}/")
+        if (earlier := _replay(session, key, idem_key, digest)) is not None:
+            return earlier, True
+        raise
+    except BaseException:
+        session.rollback()
+        storage.delete_prefix(f"uploads/{job_id}/")
+        raise
+    return job, False
+
+
+def ring(enqueue: Enqueue, job_id: str) -> None:
+    """Tell the workers to look at a committed job; a failure here loses nothing (the row stays queued)."""
+    try:
+        enqueue(job_id)
+    except Exception:
+        log.warning("could not enqueue job %s; it stays queued for the sweeper", job_id, exc_info=True)
+
+
+def default_enqueue(job_id: str) -> None:
+    from app.queue import enqueue  # imported on first use: the worker helper owns app/queue.py
+
+    enqueue(job_id)
+
+
+def _encode_cursor(job: Job) -> str:
+    raw = json.dumps([job.created_at.isoformat(), job.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created, job_id = json.loads(raw)
+        return datetime.fromisoformat(created), str(job_id)
+    except (ValueError, TypeError):
+        raise ApiError(422, "invalid_cursor", "cursor is not one this API handed out") from None
+
+
+def list_jobs(session: Session, key: ApiKey, *, state: str | None, kind: str | None, model_id: str | None,
+              cursor: str | None, limit: int) -> tuple[list[Job], str | None]:
+    """Newest first; an operator sees only its own jobs."""
+    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    if not sees_all(key):
+        query = query.where(Job.submitted_by == key.id)
+    for column, value in ((Job.state, state), (Job.kind, kind), (Job.model_id, model_id)):
+        if value is not None:
+            query = query.where(column == value)
+    if cursor:
+        created, job_id = _decode_cursor(cursor)
+        query = query.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < job_id)))
+    jobs = list(session.scalars(query))
+    more = len(jobs) > limit
+    jobs = jobs[:limit]
+    return jobs, (_encode_cursor(jobs[-1]) if more and jobs else None)
+
+
+def cancel(session: Session, storage: Storage, key: ApiKey, job: Job) -> Job:
+    """A queued job ends at once; a running one is asked to stop at its next iteration."""
+    if job.state in TERMINAL_STATES:
+        raise ApiError(409, "job_finished", f"job {job.id} already ended ({job.state})")
+    now = utcnow()
+    # Conditional updates: the worker may claim the job between our read and our write.
+    done = session.execute(update(Job).where(Job.id == job.id, Job.state == "queued")
+                           .values(state="cancelled", finished_at=now, cancel_requested=True))
+    if done.rowcount == 0:  # type: ignore[attr-defined]
+        session.execute(update(Job).where(Job.id == job.id, Job.state == "running").values(cancel_requested=True))
+    audit.record(session, key.id, "job.cancel", f"job:{job.id}", {})
+    session.commit()
+    session.refresh(job)
+    if job.state == "cancelled":
+        storage.delete_prefix(f"uploads/{job.id}/")
+    return job
+
+
+def queued_job_ids(session: Session) -> list[str]:
+    return list(session.scalars(select(Job.id).where(Job.state == "queued").order_by(Job.created_at)))

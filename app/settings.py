@@ -1,0 +1,84 @@
+"""The one typed settings object. Every knob of the service is a field here, read from `TAMING_*`.
+
+No other module reads the environment: they take a `Settings` (or call `get_settings()`).
+Paths default to places under `var_dir`, so `TAMING_VAR_DIR=/somewhere` alone moves all state.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Configuration of the API, the worker and the command line (environment prefix `TAMING_`)."""
+
+    model_config = SettingsConfigDict(env_prefix="TAMING_", extra="ignore")
+
+    var_dir: Path = Field(default=Path("var"), description="Folder of all local state (database, objects, broker).")
+    database_url: str = Field(
+        default="", description="SQLAlchemy URL; empty: SQLite at `<var_dir>/taming.db`. "
+        "PostgreSQL: `postgresql+psycopg://user@host/db`."
+    )
+    storage_url: str = Field(
+        default="", description="Objects: a folder (empty: `<var_dir>/objects`) or `s3://bucket[/prefix]`."
+    )
+    s3_endpoint_url: str | None = Field(default=None, description="S3 endpoint (MinIO or another S3-compatible store).")
+    s3_region: str = Field(default="us-east-1", description="S3 region name.")
+    presign_seconds: int = Field(default=900, ge=1, description="Lifetime of presigned S3 download URLs.")
+    broker_url: str = Field(
+        default="filesystem://", description="Celery broker: `filesystem://` (under `<var_dir>/broker`) or `redis://…`."
+    )
+    device: str = Field(default="auto", description="Worker device: `auto` (CUDA if there, else CPU), `cpu`, `cuda:0`.")
+    host: str = Field(default="127.0.0.1", description="Address `taming serve` listens on.")
+    port: int = Field(default=8000, description="Port `taming serve` listens on.")
+    api_url: str = Field(default="http://127.0.0.1:8000", description="Base URL the `taming submit` client talks to.")
+    api_key: str | None = Field(default=None, description="API key the `taming submit` client sends.")
+    max_file_bytes: int = Field(default=10 * 2**20, ge=1, description="Largest accepted image file (bytes).")
+    max_files: int = Field(default=200, ge=1, description="Most image files in one job or verify request.")
+    max_request_bytes: int = Field(default=200 * 2**20, ge=1, description="Largest request body (bytes).")
+    max_model_request_bytes: int = Field(
+        default=4 * 2**30, ge=1, description="Largest `POST /v1/models` body: a checkpoint plus its remember set."
+    )
+    max_pixels: int = Field(default=4096 * 4096, ge=1, description="Most pixels in one image (more: a bomb).")
+    checkpoint_every: int = Field(default=20, ge=1, description="Iterations between saves of a job's resumable state.")
+    heartbeat_seconds: float = Field(default=5, gt=0, description="How often a running job updates its heartbeat.")
+    stale_after_seconds: float = Field(default=120, gt=0, description="Heartbeat age before a running job is re-run.")
+    max_attempts: int = Field(default=3, ge=1, description="Attempts before a job whose worker keeps dying fails.")
+    lease_seconds: float = Field(default=300, gt=0, description="Lifetime of a worker's per-model lease (renewed).")
+    job_time_limit_seconds: int = Field(default=4 * 3600, ge=60, description="Longest a taming run may take.")
+    require_promotion: bool = Field(
+        default=False, description="Default for new models: a tamed version becomes current only when promoted."
+    )
+    verify_timeout_seconds: float = Field(default=300, gt=0, description="Longest a `POST /v1/verify` may compute.")
+
+    @model_validator(mode="after")
+    def _fill_paths(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.var_dir / 'taming.db'}"
+        if not self.storage_url:
+            self.storage_url = str(self.var_dir / "objects")
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once from the environment."""
+    return Settings()
+
+
+def child_environment(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment for a child process (worker, demo server) that must see exactly these settings."""
+    env = dict(os.environ)
+    for name, value in settings.model_dump(exclude_none=True).items():
+        env[f"TAMING_{name.upper()}"] = str(value)
+    env.update(extra)
+    return env

@@ -1,0 +1,157 @@
+"""The sweeper: nothing accepted is lost, even when a worker dies or a doorbell message goes missing.
+
+The broker is only a doorbell; the job rows are the truth. Every `sweep_interval_seconds` the sweeper
+looks for two kinds of job that nobody is looking after, on models whose lease is free or expired (a
+live lease holder picks up its model's jobs itself):
+
+- `running` jobs whose heartbeat is older than `stale_after_seconds` (the worker died: kill -9, OOM,
+  preemption). Below `max_attempts` they get a new doorbell; the next worker resumes them from their
+  saved state. At `max_attempts` they fail with a message that says so, and their uploads are deleted.
+- `queued` jobs older than `queued_stale_seconds` (their doorbell was lost, or rang while the model was
+  busy and the holder died before picking them up): a new doorbell.
+
+Torch-free: it runs beside the API in embedded mode (`run_forever` in a thread) and as Celery task
+`taming.sweep` (beat) or a thread of `taming worker` in distributed mode.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from app import audit
+from app.models import Job, Model
+
+log = logging.getLogger(__name__)
+
+ACTOR = "sweeper"
+
+
+@dataclass(frozen=True)
+class Timings:
+    """The worker's clocks. Read from settings with defaults, so that older settings still work."""
+
+    heartbeat_seconds: float = 10.0
+    stale_after_seconds: float = 120.0
+    lease_seconds: float = 120.0
+    queued_stale_seconds: float = 60.0
+    sweep_interval_seconds: float = 30.0
+    max_attempts: int = 3
+    checkpoint_every: int = 50
+    progress_every: int = 5
+    job_time_limit_seconds: float = 4 * 3600.0
+    callback_timeout_seconds: float = 5.0
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Timings:
+        values = {name: getattr(settings, name) for name in cls.__dataclass_fields__ if hasattr(settings, name)}
+        if "lease_seconds" not in values and "stale_after_seconds" in values:
+            # A lease expires when its holder's jobs go stale: the rescued job finds the lease free.
+            values["lease_seconds"] = values["stale_after_seconds"]
+        return cls(**values)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite hands datetimes back naive; they were written in UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def _models_with_live_lease(session: Session, now: datetime) -> set[str]:
+    rows = session.execute(select(Model.id, Model.lease_expires_at).where(Model.lease_owner.is_not(None)))
+    return {model_id for model_id, expires in rows if (as_utc(expires) or now) > now}
+
+
+def give_up(session: Session, job: Job, message: str, actor: str, now: datetime) -> bool:
+    """Fail a running job for good (attempts exhausted). False when it is no longer running."""
+    done = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.state == "running")
+        .values(state="failed", error=message, finished_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if done.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    audit.record(session, actor, "job.failed", job.id, {"error": message, "attempts": job.attempts})
+    return True
+
+
+def sweep_once(session: Session, settings: Any, now: datetime | None = None) -> dict[str, list[str]]:
+    """One pass; returns the job ids it re-enqueued and failed. Doorbells ring after the commit."""
+    from app.queue import enqueue
+    from app.storage import get_storage
+
+    t = Timings.from_settings(settings)
+    now = now or utcnow()
+    busy = _models_with_live_lease(session, now)
+    stale_cutoff = now - timedelta(seconds=t.stale_after_seconds)
+    queued_cutoff = now - timedelta(seconds=t.queued_stale_seconds)
+
+    stale = session.scalars(
+        select(Job).where(
+            Job.state == "running",
+            or_(Job.heartbeat_at < stale_cutoff, (Job.heartbeat_at.is_(None) & (Job.started_at < stale_cutoff))),
+        )
+    ).all()
+    waiting = session.scalars(select(Job).where(Job.state == "queued", Job.created_at < queued_cutoff)).all()
+
+    rescued: list[str] = []
+    failed: list[str] = []
+    for job in stale:
+        if job.model_id in busy:
+            continue
+        if job.attempts >= t.max_attempts:
+            message = (
+                f"The worker running this job stopped responding {job.attempts} times (crash, restart or "
+                f"lost machine); gave up after {t.max_attempts} attempts. The model was not changed."
+            )
+            if give_up(session, job, message, ACTOR, now):
+                failed.append(job.id)
+            continue
+        # Touch the heartbeat so that one rescue is sent per stale period, not one per sweep.
+        job.heartbeat_at = now
+        audit.record(session, ACTOR, "job.rescued", job.id, {"attempts": job.attempts, "run_id": job.run_id})
+        rescued.append(job.id)
+    rescued += [job.id for job in waiting if job.model_id not in busy]
+    session.commit()
+
+    if failed:
+        storage = get_storage(settings)
+        for job in session.scalars(select(Job).where(Job.id.in_(failed))):
+            storage.delete_prefix(f"uploads/{job.id}/")
+            if job.run_id:
+                storage.delete_prefix(f"runs/{job.run_id}/")
+    for job_id in rescued:
+        try:
+            enqueue(job_id)
+        except Exception:  # the broker is down: the next sweep tries again
+            log.exception("could not re-enqueue job %s", job_id)
+    if rescued or failed:
+        log.info("sweep: re-enqueued %s, failed %s", rescued, failed)
+    return {"enqueued": rescued, "failed": failed}
+
+
+def run_forever(stop_event: threading.Event, settings: Any = None) -> None:
+    """Sweep until `stop_event` is set (embedded mode: a thread beside the API or the worker)."""
+    from app.db import session_scope
+    from app.settings import get_settings
+
+    settings = settings or get_settings()
+    interval = Timings.from_settings(settings).sweep_interval_seconds
+    while not stop_event.wait(interval):
+        try:
+            with session_scope(settings) as session:
+                sweep_once(session, settings)
+        except Exception:  # a database hiccup must not end the loop
+            log.exception("sweep failed")
