@@ -40,7 +40,8 @@ def load_set(path: str, size: int, channels: int, identities: str | None = None,
     except DataError as exc:
         fail(str(exc))
     positions = parse_range(images)
-    keep = faces.select(parse_range(identities), None if positions is None else slice(min(positions) - 1, max(positions)))
+    window = None if positions is None else slice(min(positions) - 1, max(positions))
+    keep = faces.select(parse_range(identities), window)
     if len(keep) == 0:
         fail(f"{path}: no images left after selecting identities {identities} and images {images}")
     return keep
@@ -101,4 +102,198 @@ def train_command(data: str, out: str, image_size: int, channels: str, n_flow: i
     click.echo(f"wrote {out} ({sum(p.numel() for p in model.parameters()):,} parameters, sha256 {sha})")
 
 
-library_commands: list[click.Command] = [train_command]
+def _tame_config(delta: float, epsilon: float | None, alpha: float, gamma: float, lr: float, max_iterations: int,
+                 seed: int, forget_loss: str) -> Any:
+    from taming.tame import TameConfig
+
+    return TameConfig(delta=delta, epsilon=epsilon, alpha=alpha, gamma=gamma, lr=lr, max_iterations=max_iterations,
+                      seed=seed, forget_loss=forget_loss)
+
+
+def _load_model(path: str) -> Any:
+    from taming.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        return load_checkpoint(path)[0]
+    except CheckpointError as exc:
+        fail(str(exc))
+
+
+@click.command("tame")
+@click.option("--model", "model_path", required=True, help="base checkpoint (.safetensors)")
+@click.option("--forget", required=True, help="images to forget (folder or .npz)")
+@click.option("--remember", required=True, help="images to remember (folder or .npz), without the forgotten person")
+@click.option("--holdout", help="more images of the forgotten person, never used for taming (D'_F)")
+@click.option("--remember-holdout", help="held-out images of remembered people")
+@click.option("--unseen", help="images of people the base model never saw (D_R^id)")
+@click.option("--delta", default=4.0, show_default=True)
+@click.option("--epsilon", type=float, help="stop tolerance on d  [default: 0.15·|delta|]")
+@click.option("--alpha", default=0.6, show_default=True)
+@click.option("--gamma", default=0.6, show_default=True)
+@click.option("--lr", default=5e-5, show_default=True)
+@click.option("--max-iterations", default=800, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--forget-loss", default="paper", show_default=True, type=click.Choice(["paper", "scale_free"]))
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="where to keep the trained feature network")
+@click.option("--out", required=True, help="tamed checkpoint to write")
+@click.option("--report", "report_path", required=True, help="JSON report to write (the HTML goes beside it)")
+def tame_command(model_path: str, forget: str, remember: str, holdout: str | None, remember_holdout: str | None,
+                 unseen: str | None, delta: float, epsilon: float | None, alpha: float, gamma: float, lr: float,
+                 max_iterations: int, seed: int, forget_loss: str, device: str, cache_dir: str | None, out: str,
+                 report_path: str) -> None:
+    """Tame a base model so that it forgets the FORGET images; exit 1 if the stop criterion is not met."""
+    from tqdm import tqdm
+
+    from taming.checkpoint import CheckpointError, read_metadata
+    from taming.data import DataError
+    from taming.pipeline import Request, run_requests
+    from taming.tame import TamingError
+
+    try:
+        config = json.loads(read_metadata(model_path)["config"])
+    except (CheckpointError, KeyError) as exc:
+        fail(str(exc))
+    size, channels = config["img_size"], config["in_channel"]
+    optional = {k: load_set(v, size, channels) if v else None
+                for k, v in (("holdout", holdout), ("remember_holdout", remember_holdout), ("unseen", unseen))}
+    request = Request("cli", load_set(forget, size, channels), optional["holdout"], {"kind": "forget_identity"})
+    tame_config = _tame_config(delta, epsilon, alpha, gamma, lr, max_iterations, seed, forget_loss)
+    bar = tqdm(total=max_iterations, desc="tame", unit="it")
+
+    def on_step(info: Any) -> None:
+        bar.update(info.iteration - bar.n)
+        bar.set_postfix(max_abs_d=f"{info.max_abs_d:.2f}")
+
+    try:
+        result = run_requests(Path(model_path), load_set(remember, size, channels), [request], tame_config,
+                              Path(out), on_step=on_step, device=device,
+                              remember_holdout=optional["remember_holdout"], unseen=optional["unseen"],
+                              cache_dir=Path(cache_dir) if cache_dir else None,
+                              model_meta={"parent_sha256": _sha(model_path)})
+    except (DataError, TamingError, CheckpointError) as exc:
+        bar.close()
+        fail(str(exc))
+    bar.close()
+    report = result.reports["cli"]
+    Path(report_path).write_text(json.dumps(report, indent=2))
+    html_path = Path(report_path).with_suffix(".html")
+    html_path.write_text(result.html["cli"])
+    _summary(report, out, report_path, str(html_path))
+    if not report["stopping"]["criterion_met"]:
+        sys.exit(1)
+
+
+def _sha(path: str) -> str:
+    from taming.checkpoint import file_sha256
+
+    return file_sha256(path)
+
+
+def _summary(report: dict[str, Any], out: str, report_path: str, html_path: str) -> None:
+    stop, metrics = report["stopping"], report["metrics"]
+    click.echo(f"criterion met: {stop['criterion_met']} after {stop['iterations']} iterations ({stop['reason']})")
+    for name, value in metrics["quantile_drop"].items():
+        q = metrics["mean_quantile"][name]
+        click.echo(f"  {name:<18} q {q['before']:.4f} -> {q['after']:.2e}   QD {value:+.4f}")
+    bpd = metrics["bpd_remember"]
+    click.echo(f"  bpd(D_R) {bpd['before']:.4f} -> {bpd['after']:.4f}; wall {report['timing']['wall_seconds']:.1f} s")
+    click.echo(f"wrote {out}, {report_path}, {html_path}")
+
+
+@click.command("sample")
+@click.option("--model", "model_path", required=True)
+@click.option("--n", default=64, show_default=True)
+@click.option("--temperature", default=0.7, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", required=True, help="PNG grid to write")
+def sample_command(model_path: str, n: int, temperature: float, seed: int, out: str) -> None:
+    """Draw N samples at TEMPERATURE from fixed, seeded latents and save them as a grid."""
+    from PIL import Image
+
+    from taming.data import to_uint8
+
+    model = _load_model(model_path)
+    images = to_uint8(model.sample(n, temperature=temperature, seed=seed)).numpy()  # [n, C, H, W]
+    cols = int(n**0.5 + 0.999)
+    rows = (n + cols - 1) // cols
+    c, h, w = images.shape[1:]
+    grid = __import__("numpy").zeros((rows * h, cols * w, c), dtype="uint8")
+    for i, img in enumerate(images):
+        grid[(i // cols) * h : (i // cols + 1) * h, (i % cols) * w : (i % cols + 1) * w] = img.transpose(1, 2, 0)
+    Image.fromarray(grid.squeeze(-1) if c == 1 else grid).save(out)
+    click.echo(f"wrote {out} ({n} samples at temperature {temperature})")
+
+
+@click.command("evaluate")
+@click.option("--base", "base_path", required=True, help="base checkpoint")
+@click.option("--model", "model_path", required=True, help="tamed checkpoint")
+@click.option("--forget", required=True)
+@click.option("--remember", required=True)
+@click.option("--holdout")
+@click.option("--remember-holdout")
+@click.option("--unseen")
+@click.option("--out", help="write the metrics as JSON here (else stdout)")
+def evaluate_command(base_path: str, model_path: str, forget: str, remember: str, holdout: str | None,
+                     remember_holdout: str | None, unseen: str | None, out: str | None) -> None:
+    """Compare a tamed model with its base on image sets: quantiles, quantile drops, bpd, KS."""
+    from taming.data import quantize
+    from taming.evaluate import evaluate_sets
+
+    base, tamed = _load_model(base_path), _load_model(model_path)
+    size, channels, n_bits = base.config.img_size, base.config.in_channel, base.config.n_bits
+    paths = {"forget": forget, "remember": remember, "forget_holdout": holdout,
+             "remember_holdout": remember_holdout, "remember_unseen": unseen}
+    sets = {k: quantize(load_set(v, size, channels).images, n_bits) for k, v in paths.items() if v}
+    sigma = float(evaluate_sets(base, tamed, {"remember": sets["remember"]}, n_bits, sigma_r=1.0)
+                  ["reference"]["remember"]["tamed"]["sigma"])
+    metrics = evaluate_sets(base, tamed, sets, n_bits, sigma_r=sigma)["metrics"]
+    text = json.dumps(metrics, indent=2)
+    if out:
+        Path(out).write_text(text)
+    else:
+        click.echo(text)
+
+
+@click.command("verify")
+@click.option("--model", "model_path", required=True)
+@click.option("--images", required=True, help="folder of images to check")
+@click.option("--remember", required=True, help="the model's reference remember set")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def verify_command(model_path: str, images: str, remember: str, as_json: bool) -> None:
+    """Likelihood quantiles of IMAGES under a model: is this person forgotten?"""
+    from taming.data import quantize
+    from taming.evaluate import mean_bpd, quantiles
+
+    model = _load_model(model_path)
+    size, channels, n_bits = model.config.img_size, model.config.in_channel, model.config.n_bits
+    ref = mean_bpd(model, quantize(load_set(remember, size, channels).images[:10_000], n_bits), n_bits)
+    faces = load_set(images, size, channels)
+    bpd = mean_bpd(model, quantize(faces.images, n_bits), n_bits)
+    q = quantiles(bpd, float(ref.mean()), float(ref.std()))
+    items = [{"name": n, "bpd": float(b), "quantile": float(v)} for n, b, v in zip(faces.names, bpd, q, strict=True)]
+    if as_json:
+        click.echo(json.dumps({"images": items, "remember": {"mu": float(ref.mean()), "sigma": float(ref.std())}}))
+    else:
+        for item in items:
+            click.echo(f"{item['name']}: bpd {item['bpd']:.4f}, quantile {item['quantile']:.2e}")
+
+
+@click.command("import-rosinality")
+@click.argument("state_dict")
+@click.option("--args", "args_path", required=True, help="the args.json saved beside the state_dict")
+@click.option("--out", required=True, help=".safetensors checkpoint to write")
+def import_command(state_dict: str, args_path: str, out: str) -> None:
+    """Convert a rosinality-style Glow state_dict (+ args.json) into the project's checkpoint format."""
+    from taming.checkpoint import CheckpointError, import_rosinality, save_checkpoint
+
+    try:
+        model = import_rosinality(state_dict, args_path)
+    except CheckpointError as exc:
+        fail(str(exc))
+    sha = save_checkpoint(model, out, data_hash="", parent="", source=Path(state_dict).name)
+    click.echo(f"wrote {out} (sha256 {sha})")
+
+
+library_commands: list[click.Command] = [train_command, tame_command, evaluate_command, sample_command,
+                                         verify_command, import_command]

@@ -102,13 +102,16 @@ def evaluate_sets(
     draws: int = 5,
     seed: int = 0,
     batch_size: int = 256,
+    measured: dict[str, tuple[Tensor, Tensor]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate base and tamed models on the named image sets.
 
     sets: name -> quantized images [N_s, C, H, W]; names among ALL_SETS are evaluated, others ignored.
         `sets[reference_key]` must be present; sets larger than 10,000 images are subsampled (seeded).
     sigma_r: sigma_R in bpd, the unit of `bpd_shift_sigma` (the run's final estimate under the tamed model).
-    Returns {"metrics": ..., "per_image": ..., "reference": ...}:
+    measured: (bpd_base, bpd_tamed) of sets already measured by an earlier call (its "bpd" entry), so that
+        several requests of one run measure the shared sets once.
+    Returns {"metrics": ..., "per_image": ..., "reference": ..., "bpd": ...}:
       metrics: quantile_drop[set], mean_quantile[set] = {before, after} (QD_SETS present), bpd_shift_sigma[set]
         (all present sets), bpd_remember = {before, after}, ks_normality = {statistic, p_value} —
         the names of DESIGN.md section 8 `metrics`.
@@ -119,8 +122,10 @@ def evaluate_sets(
     names = [n for n in dict.fromkeys(known) if n in sets and sets[n].shape[0] > 0]
     if reference_key not in names:
         raise ValueError(f"the reference set {reference_key!r} is missing or empty")
-    bpd: dict[str, tuple[Tensor, Tensor]] = {}
+    bpd: dict[str, tuple[Tensor, Tensor]] = dict(measured or {})
     for name in names:
+        if name in bpd:
+            continue
         images = _subsample(sets[name], MAX_REFERENCE, seed)
         bpd[name] = (
             mean_bpd(base, images, n_bits, draws, seed, batch_size),
@@ -142,7 +147,7 @@ def evaluate_sets(
             "quantile_after": quantiles(after, ref["tamed"]["mu"], ref["tamed"]["sigma"]),
         }
     metrics = _summarise(per_image, sigma_r, reference_key, reference[reference_key]["tamed"])
-    return {"metrics": metrics, "per_image": per_image, "reference": reference}
+    return {"metrics": metrics, "per_image": per_image, "reference": reference, "bpd": bpd}
 
 
 def _summarise(

@@ -1,16 +1,31 @@
-"""One taming run from files to checkpoint and reports: the single entry point for the CLI and the worker.
+"""One taming run from image sets to a tamed checkpoint and its audit reports.
 
-(Signature fixed; body lands with taming/tame.py.)
+The single entry point for the command line (`taming tame`) and the worker. Several erasure requests
+for the same model can share one run: D_F is their union, each request's images are tracked apart,
+and each request gets its own report pointing at the one new checkpoint.
 """
 
 from __future__ import annotations
 
+import copy
+import platform
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from taming.data import FaceSet
+import numpy as np
+import torch
+from torch import Tensor
+
+from taming.checkpoint import file_sha256, load_checkpoint, save_checkpoint
+from taming.data import DataError, FaceSet, quantize, screen
+from taming.evaluate import evaluate_sets, mean_bpd, quantiles, sample_frechet
+from taming.features import FeatureSpace, feature_space, load_embedder, nearest_identities, save_embedder
+from taming.glow import Glow
+from taming.report import build_report, make_figures, render_html
+from taming.tame import StepInfo, TameConfig, TameResult, tame
 
 
 @dataclass
@@ -42,17 +57,244 @@ class PipelineResult:
     html: dict[str, str]  # request key -> HTML report
 
 
+@dataclass
+class _Planned:
+    """A request's forget images after screening, and where they sit in the run's D_F."""
+
+    request: Request
+    reasons: list[str | None]
+    rows: slice  # this request's included images within D_F
+
+
 def run_requests(
     base_checkpoint: Path,
     remember: FaceSet,
     requests: list[Request],
-    config: Any,  # taming.tame.TameConfig
+    config: TameConfig,
     out_checkpoint: Path,
     *,
     rebalance: Rebalance | None = None,
-    on_step: Callable[[Any], None] | None = None,  # receives taming.tame.StepInfo
+    on_step: Callable[[StepInfo], None] | None = None,
     resume_state: dict[str, Any] | None = None,
     device: str = "cpu",
-    model_meta: dict[str, Any] | None = None,  # the report's "model" section (id, versions, SHA-256s)
+    model_meta: dict[str, Any] | None = None,
+    remember_holdout: FaceSet | None = None,
+    unseen: FaceSet | None = None,
+    cache_dir: Path | None = None,
 ) -> PipelineResult:
-    raise NotImplementedError("lands with taming/tame.py")
+    """Tame the base checkpoint for `requests`, write the tamed checkpoint and one report per request.
+
+    remember: the model's reference remember set; images of anyone being forgotten are left out of it.
+    remember_holdout / unseen: optional held-out images of remembered people / of people never trained on.
+    Raises DataError when no forget image carries an identity.
+    """
+    started = time.perf_counter()
+    base, meta = load_checkpoint(base_checkpoint)
+    base.to(device)
+    planned, forget_u8 = _plan(requests)
+    if rebalance is not None:
+        remember, config = _rebalance_sets(rebalance, config)
+    else:
+        remember = _without_forgotten_people(remember, requests)
+    space = _features(remember, cache_dir)
+    share_fn, classifier = _share_fn(rebalance, base.config.in_channel) if rebalance else (None, None)
+    n_bits = base.config.n_bits
+    result = tame(copy.deepcopy(base), base, quantize(forget_u8, n_bits), quantize(remember.images, n_bits),
+                  config, on_step=on_step, resume=resume_state, share_fn=share_fn)
+    sha = save_checkpoint(result.model, out_checkpoint, data_hash=meta.get("data_hash", ""),
+                          parent=file_sha256(base_checkpoint))
+    common = _Common(base, result, config, remember, remember_holdout, unseen, space, sha, model_meta or {},
+                     device, started)
+    reports, html = {}, {}
+    measured: dict[str, tuple[Tensor, Tensor]] = {}
+    for plan in planned:
+        report, figures = _report(plan, common, measured, rebalance, classifier)
+        reports[plan.request.key] = report
+        html[plan.request.key] = render_html(report, figures)
+    return PipelineResult(sha, result.criterion_met, result.iterations, reports, html)
+
+
+def _plan(requests: list[Request]) -> tuple[list[_Planned], Tensor]:
+    """Screen every request's images (DESIGN.md section 4, step 9) and stack the included ones as D_F."""
+    planned, chunks, start = [], [], 0
+    for request in requests:
+        reasons = screen(request.forget.images)
+        keep = torch.tensor([r is None for r in reasons], dtype=torch.bool)
+        chunks.append(request.forget.images[keep])
+        planned.append(_Planned(request, reasons, slice(start, start + int(keep.sum()))))
+        start += int(keep.sum())
+    if start == 0:
+        raise DataError("none of the forget images carries an identity (all nearly black or uniform)")
+    return planned, torch.cat(chunks)
+
+
+def _without_forgotten_people(remember: FaceSet, requests: list[Request]) -> FaceSet:
+    """D_R never holds an image of a person being forgotten (DESIGN.md section 4, step 8).
+
+    A remember image identical (after resizing) to an uploaded image marks its identity as that
+    person's: all of that identity's images leave D_R, not just the matching ones.
+    """
+    uploaded = [r.forget.images for r in requests] + [r.holdout.images for r in requests if r.holdout]
+    keys = {img.numpy().tobytes() for batch in uploaded for img in batch}
+    hit = np.array([img.numpy().tobytes() in keys for img in remember.images], dtype=bool)
+    people = set(remember.identity[hit].tolist()) - {-1}
+    drop = hit | np.isin(remember.identity, list(people))
+    kept = remember.subset(~drop)
+    if len(kept) < 2:
+        raise DataError("the remember set has fewer than 2 images once the forgotten people are left out")
+    return kept
+
+
+def _rebalance_sets(rebalance: Rebalance, config: TameConfig) -> tuple[FaceSet, TameConfig]:
+    """D_R for rebalancing is the other side of the attribute (DESIGN.md section 4, rebalancing)."""
+    remember = rebalance.negative if rebalance.direction == "decrease" else rebalance.positive
+    return remember, replace(config, target_share=rebalance.target_share, direction=rebalance.direction)
+
+
+def _features(remember: FaceSet, cache_dir: Path | None) -> FeatureSpace:
+    """The project's own feature space for this remember set, trained once and cached by data hash."""
+    path = cache_dir / f"features-{remember.data_hash()[:16]}.safetensors" if cache_dir else None
+    if path is not None and path.exists():
+        return load_embedder(path)
+    space = feature_space(remember.images, remember.identity)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_embedder(space, path)
+    return space
+
+
+def _share_fn(rebalance: Rebalance, channels: int) -> tuple[Callable[[Glow], float], Any]:
+    """The attribute's share among 256 samples at temperature 0.7, from fixed latents."""
+    from taming.features import train_attribute_classifier
+
+    classifier = train_attribute_classifier(rebalance.positive.images, rebalance.negative.images)
+
+    def share(model: Glow) -> float:
+        return classifier.share(model.sample(256, temperature=0.7, seed=12345).cpu())
+
+    return share, classifier
+
+
+@dataclass
+class _Common:
+    """What every request's report shares."""
+
+    base: Glow
+    result: TameResult
+    config: TameConfig
+    remember: FaceSet
+    remember_holdout: FaceSet | None
+    unseen: FaceSet | None
+    space: FeatureSpace
+    sha256: str
+    model_meta: dict[str, Any]
+    device: str
+    started: float
+
+
+def _report(plan: _Planned, c: _Common, measured: dict[str, tuple[Tensor, Tensor]], rebalance: Rebalance | None,
+            classifier: Any) -> tuple[dict[str, Any], dict[str, bytes]]:
+    n_bits = c.base.config.n_bits
+    request = plan.request
+    included = request.forget.subset(np.array([r is None for r in plan.reasons], dtype=bool))
+    sets = {"forget": included.images, "remember": c.remember.images}
+    if request.holdout is not None and len(request.holdout):
+        sets["forget_holdout"] = request.holdout.images
+    for key, faces in (("remember_holdout", c.remember_holdout), ("remember_unseen", c.unseen)):
+        if faces is not None and len(faces):
+            sets[key] = faces.images
+    nearest = _nearest(c, included) if rebalance is None else []
+    if nearest:
+        sets["remember_nearest"] = c.remember.select(nearest).images
+    evaluation = evaluate_sets(c.base, c.result.model, {k: quantize(v, n_bits) for k, v in sets.items()}, n_bits,
+                               sigma_r=c.result.sigma_r, measured=measured)
+    measured.update({k: v for k, v in evaluation["bpd"].items() if k not in ("forget", "forget_holdout",
+                                                                              "remember_nearest")})
+    metrics = evaluation["metrics"]
+    metrics["frechet_distance"] = sample_frechet(c.base, c.result.model, c.space, c.remember.images)
+    metrics["nearest_identities"] = nearest
+    if rebalance is not None:
+        metrics["attribute_share"] = _shares(c, classifier, rebalance)
+    forget_items = _forget_items(plan, c, evaluation)
+    criterion = all(item["d"] >= -c.config.eps if c.config.delta >= 0 else item["d"] <= c.config.eps
+                    for item in forget_items if not item["excluded"])
+    report = build_report(
+        job=request.meta,
+        model={**c.model_meta, "new_sha256": c.sha256},
+        parameters=_parameters(c.config),
+        inputs={"forget": forget_items,
+                "holdout": [{"sha256": h} for h in (request.holdout.sha256 if request.holdout else [])]},
+        stopping={"criterion_met": criterion and c.result.criterion_met, "iterations": c.result.iterations,
+                  "max_abs_d": max((abs(i["d"]) for i in forget_items if not i["excluded"]), default=0.0),
+                  "reason": c.result.reason, "epsilon": c.config.eps},
+        metrics=metrics,
+        history=c.result.history,
+        timing=_timing(c),
+    )
+    return report, _figures(c, evaluation, request)
+
+
+def _nearest(c: _Common, included: FaceSet) -> list[int]:
+    if (c.remember.identity < 0).all() or not hasattr(c.space, "parameters"):
+        return []  # nearest *identities* need identities and a face embedding, not pixel PCA
+    return nearest_identities(c.space, included.images, c.remember.images, c.remember.identity, k=5)
+
+
+def _forget_items(plan: _Planned, c: _Common, evaluation: dict[str, Any]) -> list[dict[str, Any]]:
+    """One item per uploaded forget image: bpd and quantile before/after, final d, exclusion reason."""
+    n_bits = c.base.config.n_bits
+    per = evaluation["per_image"]["forget"]
+    ref = evaluation["reference"]["remember"]
+    d = c.result.d[plan.rows]
+    items, j = [], 0
+    for i, reason in enumerate(plan.reasons):
+        item: dict[str, Any] = {"sha256": plan.request.forget.sha256[i], "name": plan.request.forget.names[i],
+                                "excluded": reason is not None, "reason": reason}
+        if reason is None:
+            item.update(bpd_before=float(per["bpd_before"][j]), bpd_after=float(per["bpd_after"][j]),
+                        quantile_before=float(per["quantile_before"][j]),
+                        quantile_after=float(per["quantile_after"][j]), d=float(d[j]))
+            j += 1
+        else:
+            x = quantize(plan.request.forget.images[i : i + 1], n_bits)
+            before, after = mean_bpd(c.base, x, n_bits), mean_bpd(c.result.model, x, n_bits)
+            item.update(bpd_before=float(before[0]), bpd_after=float(after[0]),
+                        quantile_before=float(quantiles(before, ref["base"]["mu"], ref["base"]["sigma"])[0]),
+                        quantile_after=float(quantiles(after, ref["tamed"]["mu"], ref["tamed"]["sigma"])[0]),
+                        d=None)
+        items.append(item)
+    return items
+
+
+def _shares(c: _Common, classifier: Any, rebalance: Rebalance) -> dict[str, float]:
+    before = classifier.share(c.base.sample(256, temperature=0.7, seed=12345).cpu())
+    after = classifier.share(c.result.model.sample(256, temperature=0.7, seed=12345).cpu())
+    return {"before": before, "after": after, "target": rebalance.target_share}
+
+
+def _parameters(config: TameConfig) -> dict[str, Any]:
+    keys = ("delta", "alpha", "gamma", "lr", "forget_batch", "remember_batch", "max_iterations", "seed",
+            "forget_loss", "stats_every", "stats_images", "confirm_draws", "target_share", "direction")
+    return {"epsilon": config.eps, **{k: getattr(config, k) for k in keys}}
+
+
+def _timing(c: _Common) -> dict[str, Any]:
+    wall = time.perf_counter() - c.started
+    tame_s = c.result.wall_seconds
+    return {"wall_seconds": wall, "tame_seconds": tame_s,
+            "iterations_per_second": c.result.iterations / tame_s if tame_s > 0 else None,
+            "device": c.device if c.device != "cpu" else f"cpu ({platform.processor() or platform.machine()})"}
+
+
+def _figures(c: _Common, evaluation: dict[str, Any], request: Request) -> dict[str, bytes]:
+    per = evaluation["per_image"]
+    latents = c.base.latents(16, 0.7, seed=0)
+    history = [{**h, "epsilon": c.config.eps} for h in c.result.history]
+    return make_figures(
+        samples_before=c.base.sample(16, z=latents).cpu(),
+        samples_after=c.result.model.sample(16, z=latents).cpu(),
+        remember_bpd_before=per["remember"]["bpd_before"], remember_bpd_after=per["remember"]["bpd_after"],
+        forget_bpd_before=per["forget"]["bpd_before"], forget_bpd_after=per["forget"]["bpd_after"],
+        threshold=c.result.mu_r + c.config.delta * c.result.sigma_r,
+        history=history,
+    )
