@@ -1,0 +1,120 @@
+"""The library's command line on folders of PNGs: a whole tiny taming run, and clear errors on bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from taming.checkpoint import file_sha256, save_checkpoint
+from taming.cli import import_command, sample_command, tame_command, verify_command
+from taming.data import FaceSet, quantize
+from taming.glow import Glow, GlowConfig
+from taming.train import TrainConfig, train
+
+
+def _write(images: np.ndarray, folder: Path, prefix: str = "img") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(images):
+        Image.fromarray(img[0]).save(folder / f"{prefix}{i:03d}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory, two_people: FaceSet) -> Path:
+    import torch
+
+    root = tmp_path_factory.mktemp("cli")
+    torch.manual_seed(0)
+    model = Glow(GlowConfig(in_channel=1, img_size=16, n_flow=2, n_block=2, hidden=16, n_bits=5))
+    train(model, quantize(two_people.images, 5), TrainConfig(steps=150, warmup=20, batch_size=16))
+    save_checkpoint(model, root / "base.safetensors", data_hash=two_people.data_hash())
+    images = two_people.images.numpy()
+    forget = images[:5].copy()
+    forget[4] = 2  # a nearly black image: no identity, reported rather than tamed
+    _write(forget, root / "forget")
+    _write(images[20:], root / "remember" / "person1")
+    _write(images[5:8], root / "holdout")
+    return root
+
+
+def test_tame_writes_checkpoint_and_reports(workspace: Path) -> None:
+    out, report = workspace / "tamed.safetensors", workspace / "report.json"
+    args = ["--model", str(workspace / "base.safetensors"), "--forget", str(workspace / "forget"),
+            "--remember", str(workspace / "remember"), "--holdout", str(workspace / "holdout"),
+            "--lr", "2e-3", "--epsilon", "1.0", "--max-iterations", "200", "--out", str(out), "--report", str(report)]
+    result = CliRunner().invoke(tame_command, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    assert data["stopping"]["criterion_met"] is True
+    assert data["model"]["new_sha256"] == file_sha256(out)
+    items = data["inputs"]["forget"]
+    assert len(items) == 5
+    assert items[4]["excluded"] and "black" in items[4]["reason"] and items[4]["d"] is None
+    assert all(not i["excluded"] and i["d"] >= -1.0 for i in items[:4])
+    for key in ("forget", "forget_holdout", "remember"):
+        assert key in data["metrics"]["quantile_drop"]
+    assert {"before", "after"} <= set(data["metrics"]["bpd_remember"])
+    assert data["timing"]["wall_seconds"] > 0 and data["software"]["torch"]
+    html = report.with_suffix(".html").read_text()
+    assert "data:image/png;base64" in html
+
+
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("missing", "no such file or folder"),
+        ("empty", "no .png, .jpg or .pgm images"),
+        ("unreadable", "unreadable image"),
+        ("too_small", "smaller than the model"),
+        ("colour_model", "colour model"),
+    ],
+)
+def test_bad_input_exits_with_one_line(workspace: Path, tmp_path: Path, case: str, message: str) -> None:
+    forget = tmp_path / "forget"
+    model = workspace / "base.safetensors"
+    if case == "empty":
+        forget.mkdir()
+    elif case == "unreadable":
+        forget.mkdir()
+        (forget / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    elif case == "too_small":
+        _write(np.full((1, 1, 8, 8), 128, dtype=np.uint8), forget)
+    elif case == "colour_model":
+        colour = Glow(GlowConfig(in_channel=3, img_size=16, n_flow=1, n_block=2, hidden=8))
+        model = tmp_path / "colour.safetensors"
+        save_checkpoint(colour, model)
+        _write(np.full((1, 1, 16, 16), 128, dtype=np.uint8), forget)
+    args = ["--model", str(model), "--forget", str(forget), "--remember", str(workspace / "remember"),
+            "--out", str(tmp_path / "o.safetensors"), "--report", str(tmp_path / "r.json")]
+    result = CliRunner().invoke(tame_command, args)
+    assert result.exit_code == 2
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_sample_verify_and_import(workspace: Path, tmp_path: Path) -> None:
+    import torch
+
+    from taming.checkpoint import load_checkpoint
+
+    grid = tmp_path / "grid.png"
+    assert CliRunner().invoke(sample_command, ["--model", str(workspace / "base.safetensors"), "--n", "4",
+                                               "--out", str(grid)]).exit_code == 0
+    assert Image.open(grid).size == (32, 32)
+    result = CliRunner().invoke(verify_command, ["--model", str(workspace / "base.safetensors"), "--images",
+                                                 str(workspace / "holdout"), "--remember",
+                                                 str(workspace / "remember"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.output)["images"]) == 3
+    model, _ = load_checkpoint(workspace / "base.safetensors")
+    torch.save({"module." + k: v for k, v in model.state_dict().items()}, tmp_path / "sd.pt")
+    c = model.config
+    (tmp_path / "args.json").write_text(json.dumps({"n_flow": c.n_flow, "n_block": c.n_block, "affine": c.affine,
+                                                    "no_lu": False, "n_bits": c.n_bits, "img_size": c.img_size}))
+    result = CliRunner().invoke(import_command, [str(tmp_path / "sd.pt"), "--args", str(tmp_path / "args.json"),
+                                                 "--out", str(tmp_path / "imported.safetensors")])
+    assert result.exit_code == 0, result.output
