@@ -125,7 +125,8 @@ def _load_npz(path: Path, size: int, channels: int) -> FaceSet:
     raw = raw.astype(np.uint8)
     identity = data["identity"].astype(np.int64) if "identity" in data else np.full(len(raw), -1)
     index = data["image_index"].astype(np.int64) - 1 if "image_index" in data else np.zeros(0, dtype=np.int64)
-    arrays = [to_square(Image.fromarray(a.squeeze() if a.ndim == 3 and a.shape[2] == 1 else a), size, channels) for a in raw]
+    raw = raw[..., 0] if raw.ndim == 4 and raw.shape[3] == 1 else raw  # [N, H, W, 1] is grey
+    arrays = [to_square(Image.fromarray(a), size, channels) for a in raw]
     names = [f"{path.name}[{i}]" for i in range(len(raw))]
     hashes = [hashlib.sha256(a.tobytes()).hexdigest() for a in raw]
     return FaceSet(torch.from_numpy(np.stack(arrays)), identity, names, hashes, index)

@@ -45,6 +45,8 @@ class GlowConfig:
 class ActNorm(nn.Module):
     """Per-channel affine map, initialised from the first batch it sees (unless loaded)."""
 
+    initialized: Tensor
+
     def __init__(self, in_channel: int):
         super().__init__()
         self.loc = nn.Parameter(torch.zeros(1, in_channel, 1, 1))
@@ -89,6 +91,12 @@ class InvConv2d(nn.Module):
 class InvConv2dLU(nn.Module):
     """Invertible 1x1 convolution parameterised by W = P L (U + diag(sign(s) exp(w_s)))."""
 
+    w_p: Tensor
+    u_mask: Tensor
+    l_mask: Tensor
+    s_sign: Tensor
+    l_eye: Tensor
+
     def __init__(self, in_channel: int):
         super().__init__()
         q = torch.linalg.qr(torch.randn(in_channel, in_channel))[0].numpy()  # torch's RNG: seeded models
@@ -124,8 +132,8 @@ class ZeroConv2d(nn.Module):
     def __init__(self, in_channel: int, out_channel: int):
         super().__init__()
         self.conv = nn.Conv2d(in_channel, out_channel, 3, padding=0)
-        self.conv.weight.data.zero_()
-        self.conv.bias.data.zero_()
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)  # type: ignore[arg-type]
         self.scale = nn.Parameter(torch.zeros(1, out_channel, 1, 1))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -146,9 +154,10 @@ class AffineCoupling(nn.Module):
             nn.ReLU(inplace=True),
             ZeroConv2d(hidden, in_channel if affine else in_channel // 2),
         )
-        for i in (0, 2):
-            self.net[i].weight.data.normal_(0, 0.05)
-            self.net[i].bias.data.zero_()
+        for conv in (self.net[0], self.net[2]):
+            assert isinstance(conv, nn.Conv2d)
+            nn.init.normal_(conv.weight, 0, 0.05)
+            nn.init.zeros_(conv.bias)  # type: ignore[arg-type]
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         in_a, in_b = x.chunk(2, 1)
@@ -173,7 +182,7 @@ class Flow(nn.Module):
     def __init__(self, in_channel: int, hidden: int, affine: bool, conv_lu: bool):
         super().__init__()
         self.actnorm = ActNorm(in_channel)
-        self.invconv: nn.Module = InvConv2dLU(in_channel) if conv_lu else InvConv2d(in_channel)
+        self.invconv: InvConv2dLU | InvConv2d = InvConv2dLU(in_channel) if conv_lu else InvConv2d(in_channel)
         self.coupling = AffineCoupling(in_channel, hidden=hidden, affine=affine)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -236,15 +245,15 @@ class Block(nn.Module):
         log_p = gaussian_log_p(z.to(acc), mean.to(acc), log_sd.to(acc)).flatten(1).sum(1)
         return out, logdet, log_p, z
 
-    def reverse(self, out: Tensor | None, z: Tensor, reconstruct: bool) -> Tensor:
+    def reverse(self, out: Tensor | None, z: Tensor, reconstruct: bool) -> Tensor:  # out is None for the last block
         """Invert the block; with reconstruct=False, z is unit noise scaled into the prior."""
         if not reconstruct:
-            prior_in = out if self.split else torch.zeros_like(z)
+            prior_in = out if out is not None else torch.zeros_like(z)
             mean, log_sd = self.prior(prior_in).chunk(2, 1)
             z = mean + torch.exp(log_sd) * z
-        x = torch.cat([out, z], 1) if self.split else z
-        for flow in self.flows[::-1]:
-            x = flow.reverse(x)
+        x = torch.cat([out, z], 1) if out is not None else z
+        for flow in reversed(self.flows):
+            x = flow.reverse(x)  # type: ignore[operator]
         return unsqueeze2x2(x)
 
 
@@ -278,8 +287,8 @@ class Glow(nn.Module):
     def reverse(self, zs: list[Tensor], reconstruct: bool = False) -> Tensor:
         """Map latents back to images. reconstruct=True inverts `forward` exactly."""
         x: Tensor | None = None
-        for i, block in enumerate(self.blocks[::-1]):
-            x = block.reverse(x, zs[-(i + 1)], reconstruct)
+        for i, block in enumerate(reversed(self.blocks)):
+            x = block.reverse(x, zs[-(i + 1)], reconstruct)  # type: ignore[operator]
         assert x is not None
         return x
 

@@ -152,7 +152,7 @@ def tame(
     device = next(tamed.parameters()).device
     gen = torch.Generator().manual_seed(config.seed)
     loop = _Loop(lr=config.lr)
-    optimizer = torch.optim.Adam(tamed.parameters(), lr=config.lr)
+    optimizer: torch.optim.Optimizer = torch.optim.Adam(tamed.parameters(), lr=config.lr)
     if resume is not None:
         loop = _restore(resume, tamed, optimizer, gen)
     good = _snapshot(tamed, optimizer)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -81,5 +82,5 @@ def train(
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"training diverged at step {step} (bpd {loss.item()})")
         if on_step is not None:
-            on_step(TrainStep(step, loss.item(), lr), lambda s=step: train_state(model, optimizer, s, gen))
+            on_step(TrainStep(step, loss.item(), lr), partial(train_state, model, optimizer, step, gen))
     return model.eval()

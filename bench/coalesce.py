@@ -1,0 +1,117 @@
+"""Coalescing: wall time of 8 single-person forget jobs submitted together vs. one of them alone.
+
+    python bench/coalesce.py [--steps 200] [--people 8] [--max-iterations 300]
+
+Same model, same process, same run: a fresh embedded stack (SQLite + local folder, no broker: the
+worker's runner is called directly), a small Glow fitted to people 0-19 of the AT&T faces, then
+  1. one job (person 20) alone,
+  2. eight jobs (people 21..28) queued together, which the worker runs as one taming run.
+Prints both wall times and their ratio (the goal is under 2.5x; running them one by one would be ~8x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+FACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "att_faces.npz"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=200, help="training steps of the base model")
+    parser.add_argument("--people", type=int, default=8)
+    parser.add_argument("--size", type=int, default=16)
+    parser.add_argument("--max-iterations", type=int, default=300)
+    parser.add_argument("--delta", type=float, default=2.0)
+    args = parser.parse_args()
+
+    import torch
+
+    from app.db import session_scope
+    from app.migrate import upgrade
+    from app.models import Job, Model, ModelVersion, new_id
+    from app.settings import Settings
+    from app.storage import get_storage
+    from taming.checkpoint import save_checkpoint
+    from taming.data import load_faces, quantize
+    from taming.glow import Glow, GlowConfig
+    from taming.train import TrainConfig, train
+    from worker.runner import handle_doorbell
+
+    work = Path(tempfile.mkdtemp(prefix="bench-coalesce-"))
+    settings = Settings(var_dir=work / "var", device="cpu")
+    upgrade(settings)
+    storage = get_storage(settings)
+    data = np.load(FACES)
+    images, identity = data["images"], data["identity"]
+
+    remember = work / "remember.npz"
+    np.savez(remember, images=images[identity < 20], identity=identity[identity < 20])
+    torch.manual_seed(0)
+    glow = Glow(GlowConfig(in_channel=1, img_size=args.size, n_flow=4, n_block=2, hidden=32))
+    faces = load_faces(remember, args.size, 1)
+    t0 = time.perf_counter()
+    train(glow, quantize(faces.images, glow.config.n_bits), TrainConfig(steps=args.steps, batch_size=32, warmup=20))
+    print(f"base model: {args.steps} training steps in {time.perf_counter() - t0:.1f} s")
+    sha = save_checkpoint(glow, work / "base.safetensors", data_hash=faces.data_hash(), parent="")
+
+    model_id = new_id()
+    storage.put_bytes(f"checkpoints/{model_id}/v1.safetensors", (work / "base.safetensors").read_bytes())
+    storage.put_bytes(f"remember/{model_id}/remember.npz", remember.read_bytes())
+    with session_scope(settings) as s:
+        s.add(Model(id=model_id, name="bench", current_version=1, remember_prefix=f"remember/{model_id}/",
+                    image_size=args.size, channels=1, n_bits=glow.config.n_bits, created_by="bench"))
+        s.flush()
+        key = f"checkpoints/{model_id}/v1.safetensors"
+        s.add(ModelVersion(model_id=model_id, version=1, parent=None, checkpoint_key=key,
+                           sha256=sha, promoted=True))
+
+    params = {"max_iterations": args.max_iterations, "delta": args.delta}
+
+    def submit(person: int) -> str:
+        job_id = new_id()
+        uploads = []
+        for i, image in enumerate(images[identity == person][:7]):
+            buf = io.BytesIO()
+            Image.fromarray(image).save(buf, format="PNG")
+            key = f"uploads/{job_id}/forget/{i:04d}.png"
+            storage.put_bytes(key, buf.getvalue())
+            uploads.append({"field": "forget", "key": key, "sha256": hashlib.sha256(buf.getvalue()).hexdigest(),
+                            "name": f"{i}.png", "excluded_reason": None})
+        with session_scope(settings) as s:
+            s.add(Job(id=job_id, kind="forget_identity", model_id=model_id, subject_ref=f"p{person}",
+                      parameters=params, submitted_by="bench", uploads=uploads, progress={}))
+        return job_id
+
+    def run(people: list[int]) -> tuple[float, list[Job]]:
+        ids = [submit(p) for p in people]
+        t = time.perf_counter()
+        handle_doorbell(ids[0], settings)
+        wall = time.perf_counter() - t
+        with session_scope(settings) as s:
+            return wall, [s.get(Job, i) for i in ids]
+
+    alone, (single,) = run([20])
+    together, jobs = run(list(range(21, 21 + args.people)))
+    for label, batch in (("alone", [single]), ("together", jobs)):
+        states = {j.state for j in batch}
+        iters = {j.progress.get("iteration") for j in batch}
+        print(f"{label:>9}: states {sorted(states)}, runs {len({j.run_id for j in batch})}, iterations {sorted(iters)}")
+        for j in batch:
+            if j.state != "succeeded":
+                print(f"           {j.id[:8]}: {j.error}")
+    print(f"one job alone:             {alone:7.1f} s")
+    print(f"{args.people} jobs together:          {together:7.1f} s")
+    print(f"ratio:                     {together / alone:7.2f}x  (goal < 2.5x; one by one would be ~{args.people}x)")
+
+
+if __name__ == "__main__":
+    main()

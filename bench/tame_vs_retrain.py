@@ -1,0 +1,80 @@
+"""Wall time to tame one identity vs. retraining the base model from scratch to the same BPD on D_R.
+
+Same machine, same run: (1) one erasure through the whole pipeline (taming, confirmation, evaluation,
+reports) on the shipped AT&T model; (2) a fresh Glow of the same architecture trained by maximum
+likelihood on D_R (without the person) until its BPD on D_R reaches the tamed model's, checked every
+100 steps. The last line ends with the ratio retrain / tame. Goal: at least 20x.
+
+    .venv/bin/python bench/tame_vs_retrain.py [--person 1] [--max-steps 8000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from att_sets import MODEL, att_sets
+
+from taming.checkpoint import load_checkpoint
+from taming.data import quantize
+from taming.evaluate import mean_bpd
+from taming.glow import Glow
+from taming.pipeline import Request, run_requests
+from taming.tame import TameConfig
+from taming.train import TrainConfig, train
+
+
+class Reached(Exception):
+    """Raised from the training callback once the target BPD is reached."""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--person", type=int, default=1)
+    parser.add_argument("--max-steps", type=int, default=8000)
+    args = parser.parse_args()
+    sets = att_sets(args.person)
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        result = run_requests(MODEL, sets["remember"], [Request("p", sets["forget"], sets["holdout"])],
+                              TameConfig(), Path(tmp) / "t.safetensors", cache_dir=Path(tmp))
+        tame_s = time.perf_counter() - started
+    report = result.reports["p"]
+    target = report["metrics"]["bpd_remember"]["after"]
+    print(f"tame: {tame_s:.1f} s wall ({report['timing']['tame_seconds']:.1f} s in the taming loop, "
+          f"{result.iterations} iterations, criterion met {result.criterion_met}); BPD(D_R) after {target:.4f}")
+
+    base, _ = load_checkpoint(MODEL)
+    remember = quantize(sets["remember"].images, base.config.n_bits)
+    torch.manual_seed(0)
+    fresh = Glow(base.config)
+    started = time.perf_counter()
+    reached = {"step": None, "bpd": float("nan")}
+
+    def on_step(step: object, _state: object) -> None:
+        if step.step % 100 == 0:  # type: ignore[attr-defined]
+            bpd = float(mean_bpd(fresh, remember, base.config.n_bits, draws=1).mean())
+            reached.update(step=step.step, bpd=bpd)  # type: ignore[attr-defined]
+            if bpd <= target:
+                raise Reached
+
+    try:
+        train(fresh, remember, TrainConfig(steps=args.max_steps), on_step=on_step)
+        capped = True
+    except Reached:
+        capped = False
+    retrain_s = time.perf_counter() - started
+    more = "more than " if capped else ""
+    print(f"retrain: {more}{retrain_s:.1f} s ({reached['step']} steps, BPD(D_R) {reached['bpd']:.4f})")
+    print(f"retrain / tame = {more}{retrain_s / tame_s:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
