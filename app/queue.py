@@ -39,12 +39,14 @@ def broker_folders(var_dir: Path) -> dict[str, Any]:
     root = Path(var_dir) / "broker"
     queue_dir = root / "queue"
     processed = root / "processed"
-    for folder in (queue_dir, processed):
+    control = root / "control"  # kombu's default is ./control, beside whatever the working folder is
+    for folder in (queue_dir, processed, control):
         folder.mkdir(parents=True, exist_ok=True)
     return {
         "data_folder_in": str(queue_dir),
         "data_folder_out": str(queue_dir),
         "processed_folder": str(processed),
+        "control_folder": str(control),
         "store_processed": False,
     }
 

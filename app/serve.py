@@ -25,7 +25,8 @@ WORKER_GRACE_S = 10
 
 
 def start_worker(settings: Settings) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "worker"], env=child_environment(settings))
+    # the sweeper runs here, beside the API, so that it outlives a worker that dies
+    return subprocess.Popen([sys.executable, "-m", "worker", "--no-sweeper"], env=child_environment(settings))
 
 
 def stop_child(child: subprocess.Popen[bytes], grace: float = WORKER_GRACE_S) -> None:

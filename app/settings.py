@@ -49,7 +49,14 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(default=5, gt=0, description="How often a running job updates its heartbeat.")
     stale_after_seconds: float = Field(default=120, gt=0, description="Heartbeat age before a running job is re-run.")
     max_attempts: int = Field(default=3, ge=1, description="Attempts before a job whose worker keeps dying fails.")
-    lease_seconds: float = Field(default=300, gt=0, description="Lifetime of a worker's per-model lease (renewed).")
+    # at most stale_after_seconds: a dead worker's lease must lapse by the time the sweeper rescues its job
+    lease_seconds: float = Field(default=60, gt=0, description="Lifetime of a worker's per-model lease (renewed).")
+    sweep_interval_seconds: float = Field(default=30, gt=0, description="How often the sweeper looks for lost jobs.")
+    queued_stale_seconds: float = Field(
+        default=60, gt=0, description="Age of a queued job nobody picked up before its doorbell is rung again."
+    )
+    progress_every: int = Field(default=5, ge=1, description="Iterations between progress writes to the job row.")
+    callback_timeout_seconds: float = Field(default=5, gt=0, description="Timeout of the best-effort callback POST.")
     job_time_limit_seconds: int = Field(default=4 * 3600, ge=60, description="Longest a taming run may take.")
     require_promotion: bool = Field(
         default=False, description="Default for new models: a tamed version becomes current only when promoted."

@@ -22,7 +22,14 @@ from torch import Tensor
 from taming.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from taming.data import DataError, FaceSet, quantize, screen
 from taming.evaluate import evaluate_sets, mean_bpd, quantiles, sample_frechet
-from taming.features import FeatureSpace, feature_space, load_embedder, nearest_identities, save_embedder
+from taming.features import (
+    Embedder,
+    FeatureSpace,
+    feature_space,
+    load_embedder,
+    nearest_identities,
+    save_embedder,
+)
 from taming.glow import Glow
 from taming.report import build_report, make_figures, render_html
 from taming.tame import StepInfo, TameConfig, TameResult, tame
@@ -235,7 +242,7 @@ def _report(plan: _Planned, c: _Common, measured: dict[str, tuple[Tensor, Tensor
 
 
 def _nearest(c: _Common, included: FaceSet) -> list[int]:
-    if (c.remember.identity < 0).all() or not hasattr(c.space, "parameters"):
+    if (c.remember.identity < 0).all() or not isinstance(c.space, Embedder):
         return []  # nearest *identities* need identities and a face embedding, not pixel PCA
     return nearest_identities(c.space, included.images, c.remember.images, c.remember.identity, k=5)
 

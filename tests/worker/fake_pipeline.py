@@ -1,0 +1,77 @@
+"""A stand-in for taming.pipeline.run_requests with the same contract and a controllable pace.
+
+Used where a test is about the job machinery (leases, cancel, crash recovery) rather than the maths, and
+by `fake_worker.py` to run a real Celery worker process on it. It counts iterations, calls `on_step`
+with a StepInfo-like object whose `state()` can be resumed from, writes a real checkpoint (the base
+model re-saved with the new version's metadata) and returns per-request reports.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from taming.checkpoint import load_checkpoint, save_checkpoint
+from taming.pipeline import PipelineResult
+
+STEP_SECONDS = 0.0  # set by the test or the launcher
+RUNS: list[dict[str, Any]] = []  # every call, for in-process tests
+FAIL_SEED = 666  # a TameConfig with this seed ends with criterion_met=False
+
+
+@dataclass
+class FakeStep:
+    iteration: int
+    max_iterations: int
+    max_abs_d: float
+    mu_r: float
+    sigma_r: float
+    share: float | None
+    losses: dict[str, float]
+    elapsed: float
+    eta_seconds: float | None
+
+    def state(self) -> dict[str, Any]:
+        return {"iteration": self.iteration, "weights": torch.full((2,), float(self.iteration))}
+
+
+def run_requests(base_checkpoint: Path, remember: Any, requests: list[Any], config: Any, out_checkpoint: Path, *,
+                 rebalance: Any = None, on_step: Any = None, resume_state: dict[str, Any] | None = None,
+                 device: str = "cpu", model_meta: dict[str, Any] | None = None) -> PipelineResult:
+    start = int(resume_state["iteration"]) if resume_state else 0
+    RUNS.append({"keys": [r.key for r in requests], "start": start, "meta": [r.meta for r in requests]})
+    total = int(config.max_iterations)
+    began = time.monotonic()
+    for it in range(start + 1, total + 1):
+        time.sleep(STEP_SECONDS)
+        if on_step is not None:
+            elapsed = time.monotonic() - began
+            on_step(FakeStep(it, total, 1.0 / it, 3.0, 0.5, None, {"loss": 1.0}, elapsed,
+                             elapsed / (it - start) * (total - it)))
+    model, _ = load_checkpoint(base_checkpoint)
+    sha = save_checkpoint(model, out_checkpoint, parent=str((model_meta or {}).get("parent_sha256")))
+    met = config.seed != FAIL_SEED
+    reports = {
+        r.key: {
+            "schema_version": 1,
+            "job": r.meta,
+            "model": {**(model_meta or {}), "new_sha256": sha},
+            "stopping": {"criterion_met": met, "iterations": total, "resumed_from": start},
+            "inputs": {"forget": [{"sha256": s} for s in r.forget.sha256]},
+        }
+        for r in requests
+    }
+    return PipelineResult(sha, met, total, reports, {k: "<html></html>" for k in reports})
+
+
+def install(step_seconds: float = 0.0) -> None:
+    """Replace the real pipeline in this process."""
+    global STEP_SECONDS
+    import taming.pipeline
+
+    STEP_SECONDS = step_seconds
+    taming.pipeline.run_requests = run_requests  # type: ignore[assignment]

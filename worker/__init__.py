@@ -1,0 +1,1 @@
+"""Celery workers that run taming jobs (see worker/runner.py for the flow)."""

@@ -1,0 +1,213 @@
+"""How a run ends, written to the database, storage and the audit log.
+
+Every ending deletes the uploads of the run's jobs (a person's images do not outlive their request)
+and rings each job's callback (best effort). On success the artefacts are uploaded first, then one
+transaction adds the version, moves the model's current version and marks every job succeeded: a crash
+between the two re-runs from the saved state and overwrites the same keys, and the unique
+(model_id, parent) constraint refuses a second version on the same parent whatever happens.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+
+from app import audit
+from app.db import session_scope
+from app.models import Job, Model, ModelVersion
+from app.storage import get_storage
+from app.sweeper import Timings, utcnow
+from worker import lease
+
+log = logging.getLogger(__name__)
+
+
+class LeaseLost(RuntimeError):
+    """Another worker took the model over (we were presumed dead): stop, write nothing."""
+
+
+class RunCancelled(Exception):
+    def __init__(self, job_ids: list[str]):
+        super().__init__(f"cancelled: {job_ids}")
+        self.job_ids = job_ids
+
+
+class RunTimeLimit(Exception):
+    def __init__(self, seconds: float):
+        super().__init__(f"The run took longer than the time limit of {seconds:.0f} s and was stopped; "
+                         "the model was not changed.")
+
+
+def _actor() -> str:
+    return f"worker:{lease.owner_id()}"
+
+
+def criterion_message(result: Any, config: Any) -> str:
+    cap = getattr(config, "max_iterations", result.iterations)
+    return (
+        f"The stop criterion was not met within {cap} iterations: the images could not be pushed to the "
+        f"likelihood threshold without the run ending. The model was not changed. Try a larger "
+        f"max_iterations, or check that the images show the person's face."
+    )
+
+
+def _end_jobs(session: Any, job_ids: list[str], state: str, **values: Any) -> list[Job]:
+    """Move running jobs to a final state; jobs no longer running (someone else ended them) are skipped."""
+    ended = []
+    for job_id in job_ids:
+        done = session.execute(
+            update(Job).where(Job.id == job_id, Job.state == "running")
+            .values(state=state, finished_at=utcnow(), **values)
+            .execution_options(synchronize_session=False)
+        )
+        if done.rowcount == 1:
+            ended.append(session.get(Job, job_id, populate_existing=True))
+    return ended
+
+
+def _delete_uploads(settings: Any, jobs: list[Job]) -> None:
+    storage = get_storage(settings)
+    for job in jobs:
+        storage.delete_prefix(f"uploads/{job.id}/")
+    with session_scope(settings) as session:
+        for job in jobs:
+            audit.record(session, _actor(), "job.uploads_deleted", job.id,
+                         {"files": len(job.uploads or []), "sha256": [u.get("sha256") for u in job.uploads or []]})
+
+
+def cleanup_run(batch: Any, settings: Any) -> None:
+    get_storage(settings).delete_prefix(f"runs/{batch.run_id}/")
+
+
+def notify(settings: Any, t: Timings, jobs: list[Job]) -> None:
+    """POST each job's final state to its callback URL; a dead callback never fails the job."""
+    import httpx
+
+    for job in jobs:
+        if not job.callback_url:
+            continue
+        payload = {"id": job.id, "state": job.state, "version": job.version, "error": job.error,
+                   "subject_ref": job.subject_ref, "model_id": job.model_id}
+        try:
+            httpx.post(job.callback_url, json=payload, timeout=t.callback_timeout_seconds)
+        except Exception as exc:
+            log.warning("callback for job %s to %s failed: %s", job.id, job.callback_url, exc)
+
+
+def fail_jobs(batch: Any, settings: Any, t: Timings, job_ids: list[str], message: str) -> None:
+    with session_scope(settings) as session:
+        ended = _end_jobs(session, job_ids, "failed", error=message)
+        for job in ended:
+            audit.record(session, _actor(), "job.failed", job.id, {"error": message, "run_id": batch.run_id})
+    _delete_uploads(settings, ended)
+    notify(settings, t, ended)
+
+
+def fail(batch: Any, settings: Any, t: Timings, message: str) -> None:
+    fail_jobs(batch, settings, t, batch.job_ids, message)
+    cleanup_run(batch, settings)
+
+
+def cancel(batch: Any, settings: Any, t: Timings, cancelled_ids: list[str]) -> None:
+    """End the cancelled jobs; the others of the run go back to the queue and re-run without them."""
+    others = [j for j in batch.job_ids if j not in cancelled_ids]
+    with session_scope(settings) as session:
+        ended = _end_jobs(session, cancelled_ids, "cancelled")
+        for job in ended:
+            audit.record(session, _actor(), "job.cancelled", job.id, {"run_id": batch.run_id})
+        for job_id in others:
+            session.execute(
+                update(Job).where(Job.id == job_id, Job.state == "running")
+                .values(state="queued", run_id=None, base_version=None, progress={}, heartbeat_at=None)
+                .execution_options(synchronize_session=False)
+            )
+            audit.record(session, _actor(), "job.requeued", job_id,
+                         {"reason": "another job of its run was cancelled", "run_id": batch.run_id})
+    _delete_uploads(settings, ended)
+    cleanup_run(batch, settings)
+    notify(settings, t, ended)
+
+
+def retry_or_fail(batch: Any, settings: Any, t: Timings, exc: Exception) -> None:
+    """An unexpected error (out of memory, a storage outage): leave the jobs for another attempt, or fail.
+
+    The jobs stay `running` with their run id, so the next claim (ours, at once, or another holder's)
+    resumes them from the saved state and counts one more attempt.
+    """
+    log.error("run %s failed unexpectedly", batch.run_id, exc_info=exc)
+    if batch.attempts >= t.max_attempts:
+        fail(batch, settings, t, f"The run failed {batch.attempts} times with an internal error "
+                                 f"({type(exc).__name__}: {exc}); the model was not changed.")
+        return
+    with session_scope(settings) as session:
+        for job_id in batch.job_ids:
+            audit.record(session, _actor(), "job.error", job_id, {"error": f"{type(exc).__name__}: {exc}"})
+
+
+def succeed(batch: Any, settings: Any, t: Timings, owner: str, result: Any, checkpoint: Path) -> None:
+    storage = get_storage(settings)
+    new_version = batch.base_version + 1
+    sha = result.sha256
+    if sha != _file_sha256(checkpoint):
+        raise RuntimeError("the tamed checkpoint does not match the SHA-256 the pipeline reported")
+    key = f"checkpoints/{batch.model_id}/v{new_version}.safetensors"
+    with open(checkpoint, "rb") as f:
+        storage.put_file(key, f)
+    for job_id in batch.job_ids:
+        report = result.reports.get(job_id, {})
+        storage.put_bytes(f"reports/{job_id}.json", json.dumps(report, indent=2, default=str).encode())
+        storage.put_bytes(f"reports/{job_id}.html", result.html.get(job_id, "").encode())
+
+    try:
+        with session_scope(settings) as session:
+            if not lease.renew(session, batch.model_id, owner, t.lease_seconds, utcnow()):
+                raise LeaseLost(batch.model_id)
+            model = session.get(Model, batch.model_id)
+            assert model is not None
+            promoted = not model.require_promotion
+            session.add(ModelVersion(model_id=model.id, version=new_version, parent=batch.base_version,
+                                     job_id=batch.job_ids[0], checkpoint_key=key, sha256=sha, promoted=promoted))
+            session.flush()  # the unique (model_id, parent) check happens here
+            details = {"version": new_version, "parent": batch.base_version, "sha256": sha,
+                       "jobs": batch.job_ids, "run_id": batch.run_id, "iterations": result.iterations}
+            audit.record(session, _actor(), "version.created", model.id, details)
+            if promoted:
+                model.current_version = new_version
+                audit.record(session, _actor(), "model.current_version", model.id, {"version": new_version})
+            ended = _end_jobs(session, batch.job_ids, "succeeded", version=new_version, error=None)
+            for job in ended:
+                job.report_key = f"reports/{job.id}.json"
+                job.progress = {**(job.progress or {}), "iteration": result.iterations}
+                audit.record(session, _actor(), "job.succeeded", job.id, {"version": new_version, "sha256": sha})
+    except IntegrityError:
+        # A version on this parent exists already: never a second one. Send the jobs round again on top
+        # of the newest version (their erasure must not be lost on a branch).
+        log.error("version %s of model %s exists already; re-queueing run %s", new_version, batch.model_id,
+                  batch.run_id)
+        _requeue(settings, batch)
+        return
+    _delete_uploads(settings, ended)
+    cleanup_run(batch, settings)
+    notify(settings, t, ended)
+
+
+def _requeue(settings: Any, batch: Any) -> None:
+    with session_scope(settings) as session:
+        session.execute(
+            update(Job).where(Job.id.in_(batch.job_ids), Job.state == "running")
+            .values(state="queued", run_id=None, base_version=None, progress={})
+            .execution_options(synchronize_session=False)
+        )
+    cleanup_run(batch, settings)
+
+
+def _file_sha256(path: Path) -> str:
+    from taming.checkpoint import file_sha256
+
+    return file_sha256(path)
+

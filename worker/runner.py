@@ -1,0 +1,213 @@
+"""What a doorbell does: take the model's lease, run its jobs until none are left, give the lease back.
+
+    handle_doorbell(job_id)
+      ├─ job finished already?      → nothing (a redelivered message must not make a second version)
+      ├─ lease held by someone else → nothing (the holder, or the sweeper, will pick the job up)
+      └─ loop with the lease:
+           claim_batch: orphaned `running` jobs first (resume them: same run_id, same job set),
+                        else every queued forget job with the same parameters (one run, D_F = union)
+           execute (worker/execute.py) and record the outcome (worker/finish.py)
+         when nothing is left: release the lease, then look once more — a job queued while we were
+         releasing rang a doorbell that found the lease held, so we must not leave it behind.
+
+Everything here is plain functions over a settings object, so tests drive it without Celery.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select, update
+
+from app import audit
+from app.db import session_scope
+from app.models import Job, ModelVersion
+from app.sweeper import Timings, give_up, utcnow
+from worker import lease
+
+log = logging.getLogger(__name__)
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+FORGET = "forget_identity"
+MAX_COALESCE = 64  # jobs in one run; more wait for the next run
+
+
+@dataclass
+class Batch:
+    """The jobs one taming run carries."""
+
+    run_id: str
+    model_id: str
+    job_ids: list[str]
+    base_version: int
+    attempts: int
+    resumed: bool
+
+
+def actor() -> str:
+    return f"worker:{lease.owner_id()}"
+
+
+def handle_doorbell(job_id: str, settings: Any) -> str:
+    """Entry point of task `taming.run_job`; returns what happened, for the log."""
+    t = Timings.from_settings(settings)
+    owner = lease.owner_id()
+    with session_scope(settings) as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            return "unknown job"
+        if job.state in TERMINAL:
+            return f"already {job.state}"
+        model_id = job.model_id
+        if not lease.acquire(session, model_id, owner, t.lease_seconds, utcnow()):
+            return "model busy"
+    ran = 0
+    while True:
+        ran += drain(model_id, settings, t, owner)
+        with session_scope(settings) as session:
+            lease.release(session, model_id, owner)
+        # The re-check: a doorbell that rang while we held the lease was dropped on the floor.
+        with session_scope(settings) as session:
+            if not _has_work(session, model_id):
+                return f"ran {ran} run(s)"
+            if not lease.acquire(session, model_id, owner, t.lease_seconds, utcnow()):
+                return f"ran {ran} run(s); model taken over"
+
+
+def _has_work(session: Any, model_id: str) -> bool:
+    pending = session.scalar(
+        select(func.count()).select_from(Job).where(Job.model_id == model_id, Job.state.in_(["queued", "running"]))
+    )
+    return bool(pending)
+
+
+def drain(model_id: str, settings: Any, t: Timings, owner: str) -> int:
+    """Run batches while we hold the lease and work is left; returns the number of runs."""
+    from worker.execute import execute  # imports torch: only here, in the worker process
+    from worker.finish import LeaseLost
+
+    runs = 0
+    while True:
+        with session_scope(settings) as session:
+            if not lease.renew(session, model_id, owner, t.lease_seconds, utcnow()):
+                return runs
+            batch = claim_batch(session, model_id, t, settings)
+        if batch is None:
+            return runs
+        runs += 1
+        try:
+            execute(batch, settings, t, owner)
+        except LeaseLost:
+            log.warning("lease on model %s lost during run %s; its new holder continues", model_id, batch.run_id)
+            return runs
+
+
+def newest_version(session: Any, model_id: str) -> int:
+    return int(session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.model_id == model_id)) or 0)
+
+
+def claim_batch(session: Any, model_id: str, t: Timings, settings: Any) -> Batch | None:
+    """The next run for a model whose lease we hold (the caller commits)."""
+    now = utcnow()
+    running = session.scalars(
+        select(Job).where(Job.model_id == model_id, Job.state == "running").order_by(Job.created_at)
+    ).all()
+    if running:
+        # Only the lease holder runs a model's jobs, so these belong to a holder that died: resume them
+        # as they were (same run id, same job set) from the state that run saved.
+        run_id = running[0].run_id or uuid.uuid4().hex
+        jobs = [j for j in running if (j.run_id or run_id) == run_id]
+        if max(j.attempts for j in jobs) >= t.max_attempts:
+            message = (
+                f"This job was started {jobs[0].attempts} times and its worker stopped each time (crash, "
+                f"restart or lost machine); gave up after {t.max_attempts} attempts. The model was not changed."
+            )
+            for job in jobs:
+                give_up(session, job, message, actor(), now)
+            _cleanup(settings, jobs)
+            return claim_batch(session, model_id, t, settings)
+        for job in jobs:
+            job.run_id = run_id
+            job.attempts += 1
+            job.heartbeat_at = now
+            audit.record(session, actor(), "job.resumed", job.id, {"run_id": run_id, "attempt": job.attempts})
+        base = jobs[0].base_version if jobs[0].base_version is not None else newest_version(session, model_id)
+        return Batch(run_id, model_id, [j.id for j in jobs], base, max(j.attempts for j in jobs), True)
+
+    queued = session.scalars(
+        select(Job).where(Job.model_id == model_id, Job.state == "queued").order_by(Job.created_at)
+    ).all()
+    for job in [j for j in queued if j.cancel_requested]:
+        _cancel_queued(session, job, now, settings)
+    queued = [j for j in queued if not j.cancel_requested]
+    if not queued:
+        return None
+    first = queued[0]
+    if first.kind == FORGET:
+        # Coalesce: every waiting forget request with the same parameters joins this run.
+        chosen = [j for j in queued if j.kind == FORGET and (j.parameters or {}) == (first.parameters or {})]
+    else:
+        chosen = [first]
+    chosen = chosen[:MAX_COALESCE]
+    base = newest_version(session, model_id)
+    run_id = uuid.uuid4().hex
+    taken: list[Job] = []
+    for job in chosen:
+        # Conditional: the API may cancel a queued job at this very moment.
+        claimed = session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.state == "queued")
+            .values(
+                state="running",
+                run_id=run_id,
+                base_version=base,
+                attempts=Job.attempts + 1,
+                started_at=func.coalesce(Job.started_at, now),
+                heartbeat_at=now,
+                progress={},
+                error=None,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if claimed.rowcount == 1:
+            taken.append(job)
+    if not taken:
+        return claim_batch(session, model_id, t, settings)
+    ids = [j.id for j in taken]
+    for job in taken:
+        session.refresh(job)
+        audit.record(
+            session, actor(), "job.started", job.id,
+            {"run_id": run_id, "base_version": base, "attempt": job.attempts, "run_jobs": ids},
+        )
+    return Batch(run_id, model_id, ids, base, max(j.attempts for j in taken), False)
+
+
+def _cancel_queued(session: Any, job: Job, now: Any, settings: Any) -> None:
+    done = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.state == "queued")
+        .values(state="cancelled", finished_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if done.rowcount == 1:
+        audit.record(session, actor(), "job.cancelled", job.id, {"when": "before it started"})
+        _cleanup(settings, [job])
+
+
+def _cleanup(settings: Any, jobs: list[Job]) -> None:
+    """Delete the uploads (and saved run state) of jobs that ended without running to the end.
+
+    Before the commit is fine: a job that is ending never needs its uploads again, and if the commit
+    fails the next attempt ends it the same way.
+    """
+    from app.storage import get_storage
+
+    storage = get_storage(settings)
+    for job in jobs:
+        storage.delete_prefix(f"uploads/{job.id}/")
+        if job.run_id:
+            storage.delete_prefix(f"runs/{job.run_id}/")
