@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-FACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "att_faces.npz"
+FACES = Path(__file__).resolve().parents[1] / "data" / "att_faces.npz"
 
 
 def main() -> None:

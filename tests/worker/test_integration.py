@@ -31,6 +31,12 @@ def stack(request: pytest.FixtureRequest, model_files: dict[str, Any]) -> tuple[
     return settings, h.add_model(settings, model_files)
 
 
+def _uploads_gone(settings: Any, job_id: str) -> None:
+    """The worker deletes a job's uploads right after committing its final state."""
+    storage = get_storage(settings)
+    h.wait_for(lambda: storage.list(f"uploads/{job_id}/") == [], 10, "the uploads to be deleted")
+
+
 def _sweep(settings: Any) -> None:
     with session_scope(settings) as session:
         sweep_once(session, settings)
@@ -54,7 +60,7 @@ def test_submit_succeeds_with_version_2(stack: tuple[Any, str], workers: Any) ->
     report = h.report(settings, job_id)
     assert file_sha256(local) == v2.sha256 == report["model"]["new_sha256"]
     assert report["stopping"]["criterion_met"] is True
-    assert storage.list(f"uploads/{job_id}/") == []
+    _uploads_gone(settings, job_id)
     with session_scope(settings) as session:
         assert session.get(Model, model_id).current_version == 2
 
@@ -85,7 +91,7 @@ def test_kill9_mid_job_resumes_on_a_new_worker(stack: tuple[Any, str], workers: 
     assert every <= resumed_from <= killed_at
     assert h.report(settings, job_id)["job"]["attempts"] == 2
     assert [(v.version, v.parent) for v in h.versions(settings, model_id)] == [(1, None), (2, 1)]
-    assert get_storage(settings).list(f"uploads/{job_id}/") == []
+    _uploads_gone(settings, job_id)
 
 
 def test_five_requests_in_a_second_coalesce_into_a_chain(stack: tuple[Any, str], workers: Any) -> None:
@@ -117,4 +123,4 @@ def test_cancel_while_running(stack: tuple[Any, str], workers: Any) -> None:
     assert job.state == "cancelled" and job.version is None
     assert job.progress["iteration"] - at_cancel <= 2 * settings.checkpoint_every
     assert [v.version for v in h.versions(settings, model_id)] == [1]
-    assert get_storage(settings).list(f"uploads/{job_id}/") == []
+    _uploads_gone(settings, job_id)
