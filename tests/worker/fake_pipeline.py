@@ -41,7 +41,8 @@ class FakeStep:
 
 def run_requests(base_checkpoint: Path, remember: Any, requests: list[Any], config: Any, out_checkpoint: Path, *,
                  rebalance: Any = None, on_step: Any = None, resume_state: dict[str, Any] | None = None,
-                 device: str = "cpu", model_meta: dict[str, Any] | None = None) -> PipelineResult:
+                 device: str = "cpu", model_meta: dict[str, Any] | None = None,
+                 cache_dir: Path | None = None) -> PipelineResult:
     start = int(resume_state["iteration"]) if resume_state else 0
     RUNS.append({"keys": [r.key for r in requests], "start": start, "meta": [r.meta for r in requests]})
     total = int(config.max_iterations)
