@@ -21,7 +21,7 @@ from taming.glow import Glow
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 4000
+    steps: int = 1500
     batch_size: int = 32
     lr: float = 1e-3
     warmup: int = 200  # linear warm-up steps: Glow diverges with a full lr on its first steps

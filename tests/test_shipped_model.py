@@ -5,13 +5,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 
-@pytest.mark.slow
 def test_forgetting_one_att_identity_meets_the_bars(tmp_path: Path) -> None:
     from att_sets import MODEL, att_sets
     from table1 import row
