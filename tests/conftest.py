@@ -1,6 +1,10 @@
-"""Fixtures shared by the library tests: tiny seeded models and images."""
+"""Fixtures shared by all tests: one thread for torch, tiny seeded models and images, an S3 endpoint."""
 
 from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
 
 import pytest
 
@@ -50,3 +54,24 @@ def two_people():
     identity = np.repeat([0, 1], 20)
     names = [f"img{i}" for i in range(40)]
     return FaceSet(images, identity, names, [f"{i:064x}" for i in range(40)])
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """The S3 endpoint of CI (.ci/run starts moto's server), else moto's server on a free loopback port."""
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    given = os.environ.get("TAMING_TEST_S3_ENDPOINT_URL")
+    if given:
+        yield given
+        return
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()

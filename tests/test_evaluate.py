@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -22,15 +21,6 @@ N_BITS = 5
 def _images(n: int, seed: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return quantize(torch.randint(0, 256, (n, 1, 16, 16), generator=gen, dtype=torch.uint8), N_BITS)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # tiny models gain nothing from threads, and on a shared 2-core machine threads oversubscribe it
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +18,6 @@ from taming.features import (
     train_attribute_classifier,
     train_embedder,
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # small networks gain nothing from threads, and on a shared 2-core machine threads oversubscribe it
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _people(n_people: int, per_person: int, seed: int, size: int = 32) -> tuple[torch.Tensor, np.ndarray]:

@@ -9,7 +9,7 @@ model re-saved with the new version's metadata) and returns per-request reports.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,26 +17,11 @@ import torch
 
 from taming.checkpoint import load_checkpoint, save_checkpoint
 from taming.pipeline import PipelineResult
+from taming.tame import StepInfo
 
 STEP_SECONDS = 0.0  # set by the test or the launcher
 RUNS: list[dict[str, Any]] = []  # every call, for in-process tests
 FAIL_SEED = 666  # a TameConfig with this seed ends with criterion_met=False
-
-
-@dataclass
-class FakeStep:
-    iteration: int
-    max_iterations: int
-    max_abs_d: float
-    mu_r: float
-    sigma_r: float
-    share: float | None
-    losses: dict[str, float]
-    elapsed: float
-    eta_seconds: float | None
-
-    def state(self) -> dict[str, Any]:
-        return {"iteration": self.iteration, "weights": torch.full((2,), float(self.iteration))}
 
 
 def run_requests(base_checkpoint: Path, remember: Any, requests: list[Any], config: Any, out_checkpoint: Path, *,
@@ -51,8 +36,8 @@ def run_requests(base_checkpoint: Path, remember: Any, requests: list[Any], conf
         time.sleep(STEP_SECONDS)
         if on_step is not None:
             elapsed = time.monotonic() - began
-            on_step(FakeStep(it, total, 1.0 / it, 3.0, 0.5, None, {"loss": 1.0}, elapsed,
-                             elapsed / (it - start) * (total - it)))
+            on_step(StepInfo(it, total, 1.0 / it, 3.0, 0.5, None, {"loss": 1.0}, elapsed,
+                             elapsed / (it - start) * (total - it), partial(_state, it)))
     model, _ = load_checkpoint(base_checkpoint)
     sha = save_checkpoint(model, out_checkpoint, parent=str((model_meta or {}).get("parent_sha256")))
     met = config.seed != FAIL_SEED
@@ -67,6 +52,10 @@ def run_requests(base_checkpoint: Path, remember: Any, requests: list[Any], conf
         for r in requests
     }
     return PipelineResult(sha, met, total, reports, {k: "<html></html>" for k in reports})
+
+
+def _state(iteration: int) -> dict[str, Any]:
+    return {"iteration": iteration, "weights": torch.full((2,), float(iteration))}
 
 
 def install(step_seconds: float = 0.0) -> None:
