@@ -103,7 +103,7 @@ def run_requests(
         remember, config = _rebalance_sets(rebalance, config)
     else:
         remember = _without_forgotten_people(remember, requests)
-    space = _features(remember, cache_dir)
+    space = features_for(remember, cache_dir)
     share_fn, classifier = _share_fn(rebalance, base.config.in_channel) if rebalance else (None, None)
     n_bits = base.config.n_bits
     result = tame(copy.deepcopy(base), base, quantize(forget_u8, n_bits), quantize(remember.images, n_bits),
@@ -158,7 +158,7 @@ def _rebalance_sets(rebalance: Rebalance, config: TameConfig) -> tuple[FaceSet, 
     return remember, replace(config, target_share=rebalance.target_share, direction=rebalance.direction)
 
 
-def _features(remember: FaceSet, cache_dir: Path | None) -> FeatureSpace:
+def features_for(remember: FaceSet, cache_dir: Path | None) -> FeatureSpace:
     """The project's own feature space for this remember set, trained once and cached by data hash."""
     path = cache_dir / f"features-{remember.data_hash()[:16]}.safetensors" if cache_dir else None
     if path is not None and path.exists():

@@ -58,9 +58,9 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     # The pipeline trains a feature space per remember set and caches it under <var_dir>/cache; train
     # it once here and hand a copy to every test's worker.
     from taming.data import load_faces
-    from taming.pipeline import _features
+    from taming.pipeline import features_for
 
-    _features(load_faces(remember, helpers.SIZE, 1), folder / "cache")
+    features_for(load_faces(remember, helpers.SIZE, 1), folder / "cache")
     return {"checkpoint": checkpoint, "remember": remember, "sha256": sha, "cache": folder / "cache"}
 
 
