@@ -86,3 +86,37 @@ def test_killing_the_whole_service_mid_job_loses_nothing(tmp_path: Path) -> None
     finally:
         if server.poll() is None:
             _kill_all(server)
+
+
+def test_rosinality_upload_and_verify_run_the_real_library(tmp_path: Path) -> None:
+    import json
+
+    import torch
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from taming.checkpoint import load_checkpoint
+
+    settings = demo_settings(tmp_path / "var", free_port())
+    migrate.upgrade(settings)
+    with session_scope(settings) as session:
+        _, admin = create_key(session, "admin", "admin")
+    glow, _ = load_checkpoint(MODEL / "base.safetensors")
+    torch.save({"module." + k: v for k, v in glow.state_dict().items()}, tmp_path / "model.pt")
+    c = glow.config
+    args = {"n_flow": c.n_flow, "n_block": c.n_block, "affine": c.affine, "no_lu": not c.conv_lu,
+            "n_bits": c.n_bits, "img_size": c.img_size}
+    (tmp_path / "args.json").write_text(json.dumps(args))
+    with TestClient(create_app(settings)) as http:
+        client = ApiClient("http://testserver", admin, http=http)
+        model = client.register_model("imported", tmp_path / "model.pt", [MODEL / "remember.npz"],
+                                      args=tmp_path / "args.json")
+        assert model["image_size"] == 32 and model["channels"] == 1
+        photos = sorted((MODEL / "demo" / "holdout").glob("*.png"))
+        files = [("images", (p.name, p.read_bytes(), "image/png")) for p in photos]
+        r = http.post("/v1/verify", headers={"Authorization": f"Bearer {admin}"}, data={"model_id": model["id"]},
+                      files=files)
+    assert r.status_code == 200, r.text
+    items = r.json()["images"]
+    assert [i["name"] for i in items] == [p.name for p in photos]
+    assert all(0 < i["quantile"] < 1 and i["bpd"] > 0 for i in items)
