@@ -98,11 +98,11 @@ def run_requests(
     started = time.perf_counter()
     base, meta = load_checkpoint(base_checkpoint)
     base.to(device)
-    planned, forget_u8 = _plan(requests)
     if rebalance is not None:
-        remember, config = _rebalance_sets(rebalance, config)
+        requests, remember, config = _rebalance_sets(requests, rebalance, config)
     else:
         remember = _without_forgotten_people(remember, requests)
+    planned, forget_u8 = _plan(requests)
     space = features_for(remember, cache_dir)
     share_fn, classifier = _share_fn(rebalance, base.config.in_channel) if rebalance else (None, None)
     n_bits = base.config.n_bits
@@ -152,10 +152,15 @@ def _without_forgotten_people(remember: FaceSet, requests: list[Request]) -> Fac
     return kept
 
 
-def _rebalance_sets(rebalance: Rebalance, config: TameConfig) -> tuple[FaceSet, TameConfig]:
-    """D_R for rebalancing is the other side of the attribute (DESIGN.md section 4, rebalancing)."""
-    remember = rebalance.negative if rebalance.direction == "decrease" else rebalance.positive
-    return remember, replace(config, target_share=rebalance.target_share, direction=rebalance.direction)
+def _rebalance_sets(requests: list[Request], rebalance: Rebalance,
+                    config: TameConfig) -> tuple[list[Request], FaceSet, TameConfig]:
+    """D_F is the side whose share must fall, D_R the other side (DESIGN.md section 4, rebalancing)."""
+    if rebalance.direction not in ("decrease", "increase"):
+        raise DataError(f"direction must be 'decrease' or 'increase', not {rebalance.direction!r}")
+    lower, keep = ((rebalance.positive, rebalance.negative) if rebalance.direction == "decrease"
+                   else (rebalance.negative, rebalance.positive))
+    requests = [replace(r, forget=lower) for r in requests]
+    return requests, keep, replace(config, target_share=rebalance.target_share, direction=rebalance.direction)
 
 
 def features_for(remember: FaceSet, cache_dir: Path | None) -> FeatureSpace:

@@ -118,3 +118,19 @@ def test_sample_verify_and_import(workspace: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(import_command, [str(tmp_path / "sd.pt"), "--args", str(tmp_path / "args.json"),
                                                  "--out", str(tmp_path / "imported.safetensors")])
     assert result.exit_code == 0, result.output
+
+
+def test_rebalancing_an_attribute_reports_its_share(workspace: Path, two_people: FaceSet, tmp_path: Path) -> None:
+    from taming.data import load_faces
+    from taming.pipeline import Rebalance, Request, run_requests
+    from taming.tame import TameConfig
+
+    positive = load_faces(workspace / "forget", 16, 1).subset(np.arange(4))  # "the attribute": person 0
+    negative = load_faces(workspace / "remember", 16, 1)
+    result = run_requests(workspace / "base.safetensors", negative, [Request("r", positive)],
+                          TameConfig(lr=2e-3, max_iterations=40), tmp_path / "t.safetensors",
+                          rebalance=Rebalance(positive, negative, target_share=0.0, direction="decrease"))
+    share = result.reports["r"]["metrics"]["attribute_share"]
+    assert set(share) == {"before", "after", "target"} and share["target"] == 0.0
+    assert not result.criterion_met  # a share of exactly 0 is not reached in 40 iterations
+    assert "share" in result.reports["r"]["history"][-1]
