@@ -111,7 +111,7 @@ def run_requests(
     sha = save_checkpoint(result.model, out_checkpoint, data_hash=meta.get("data_hash", ""),
                           parent=file_sha256(base_checkpoint))
     common = _Common(base, result, config, remember, remember_holdout, unseen, space, sha, model_meta or {},
-                     device, started)
+                     device, started, sample_frechet(base, result.model, space, remember.images))
     reports, html = {}, {}
     measured: dict[str, tuple[Tensor, Tensor]] = {}
     for plan in planned:
@@ -202,6 +202,7 @@ class _Common:
     model_meta: dict[str, Any]
     device: str
     started: float
+    frechet: dict[str, Any] = field(default_factory=dict)  # the same two models for every request
 
 
 def _report(plan: _Planned, c: _Common, measured: dict[str, tuple[Tensor, Tensor]], rebalance: Rebalance | None,
@@ -223,7 +224,7 @@ def _report(plan: _Planned, c: _Common, measured: dict[str, tuple[Tensor, Tensor
     measured.update({k: v for k, v in evaluation["bpd"].items() if k not in ("forget", "forget_holdout",
                                                                               "remember_nearest")})
     metrics = evaluation["metrics"]
-    metrics["frechet_distance"] = sample_frechet(c.base, c.result.model, c.space, c.remember.images)
+    metrics["frechet_distance"] = c.frechet
     metrics["nearest_identities"] = nearest
     if rebalance is not None:
         metrics["attribute_share"] = _shares(c, classifier, rebalance)

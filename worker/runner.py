@@ -32,7 +32,11 @@ log = logging.getLogger(__name__)
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 FORGET = "forget_identity"
-MAX_COALESCE = 64  # jobs in one run; more wait for the next run
+# Images in one coalesced run: at most one forget batch, so that every image is in every step as in a
+# single run. Measured on the shipped model: 8 people x 7 photos in one run with the paper's batch of 8
+# did not reach the threshold in 800 iterations (each image was pushed only 1 step in 7), so larger
+# requests run one after another on the same lease instead.
+MAX_COALESCE_IMAGES = 8
 
 
 @dataclass
@@ -109,6 +113,10 @@ def newest_version(session: Any, model_id: str) -> int:
     return int(session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.model_id == model_id)) or 0)
 
 
+def _forget_images(job: Job) -> int:
+    return sum(1 for u in job.uploads or [] if u.get("field") == "forget" and not u.get("excluded_reason"))
+
+
 def claim_batch(session: Any, model_id: str, t: Timings, settings: Any) -> Batch | None:
     """The next run for a model whose lease we hold (the caller commits)."""
     now = utcnow()
@@ -146,12 +154,15 @@ def claim_batch(session: Any, model_id: str, t: Timings, settings: Any) -> Batch
     if not queued:
         return None
     first = queued[0]
+    chosen = [first]
     if first.kind == FORGET:
-        # Coalesce: every waiting forget request with the same parameters joins this run.
-        chosen = [j for j in queued if j.kind == FORGET and (j.parameters or {}) == (first.parameters or {})]
-    else:
-        chosen = [first]
-    chosen = chosen[:MAX_COALESCE]
+        # Coalesce: waiting forget requests with the same parameters join this run while it stays small.
+        images = _forget_images(first)
+        for job in queued[1:]:
+            same = job.kind == FORGET and (job.parameters or {}) == (first.parameters or {})
+            if same and images + _forget_images(job) <= MAX_COALESCE_IMAGES:
+                chosen.append(job)
+                images += _forget_images(job)
     base = newest_version(session, model_id)
     run_id = uuid.uuid4().hex
     taken: list[Job] = []

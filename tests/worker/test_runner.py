@@ -46,10 +46,19 @@ def test_lease_is_exclusive_until_it_expires(stack: tuple[Any, str]) -> None:
         assert lease.release(s, model_id, "b")
 
 
+def test_requests_beyond_one_forget_batch_wait_for_the_next_run(stack: tuple[Any, str]) -> None:
+    settings, model_id = stack
+    ids = [h.submit(settings, model_id, person, PARAMS, n_images=4, enqueue=False) for person in (30, 31, 32)]
+    assert handle_doorbell(ids[0], settings) == "ran 2 run(s)"
+    assert [sorted(r["keys"]) for r in fake_pipeline.RUNS] == [sorted(ids[:2]), [ids[2]]]
+    assert [(v.version, v.parent) for v in h.versions(settings, model_id)] == [(1, None), (2, 1), (3, 2)]
+
+
 def test_waiting_jobs_run_together_and_redelivery_is_a_noop(stack: tuple[Any, str]) -> None:
     settings, model_id = stack
-    ids = [h.submit(settings, model_id, person, PARAMS, enqueue=False) for person in (30, 31, 32)]
-    other = h.submit(settings, model_id, 33, {**PARAMS, "delta": 3.0}, enqueue=False)
+    # two photos each: three requests fit in one forget batch (runner.MAX_COALESCE_IMAGES)
+    ids = [h.submit(settings, model_id, person, PARAMS, n_images=2, enqueue=False) for person in (30, 31, 32)]
+    other = h.submit(settings, model_id, 33, {**PARAMS, "delta": 3.0}, n_images=2, enqueue=False)
 
     assert handle_doorbell(ids[0], settings) == "ran 2 run(s)"
     assert [sorted(r["keys"]) for r in fake_pipeline.RUNS] == [sorted(ids), [other]]
@@ -84,7 +93,7 @@ def test_doorbell_returns_when_the_model_is_busy(stack: tuple[Any, str]) -> None
 
 def test_cancel_drops_one_job_and_reruns_the_others(stack: tuple[Any, str], monkeypatch: Any) -> None:
     settings, model_id = stack
-    ids = [h.submit(settings, model_id, person, PARAMS, enqueue=False) for person in (30, 31, 32)]
+    ids = [h.submit(settings, model_id, person, PARAMS, n_images=2, enqueue=False) for person in (30, 31, 32)]
     real = fake_pipeline.run_requests
 
     def cancel_midway(*args: Any, on_step: Any = None, **kw: Any) -> Any:
