@@ -14,20 +14,11 @@ from typing import Any
 
 from celery import Celery
 
-from app.settings import get_settings
+from app.settings import Settings, get_settings
 
 RUN_JOB_TASK = "taming.run_job"
 SWEEP_TASK = "taming.sweep"
 GPU_QUEUE = "gpu"
-
-# The longest a taming run may take; the broker's visibility timeout sits well above it so that a
-# message of a job still running is never handed to a second worker (redelivery after a crash is the
-# sweeper's job, on the heartbeat, not the broker's).
-DEFAULT_JOB_TIME_LIMIT_S = 4 * 3600
-
-
-def _setting(settings: Any, name: str, default: Any) -> Any:
-    return getattr(settings, name, default)
 
 
 def broker_folders(var_dir: Path) -> dict[str, Any]:
@@ -51,18 +42,17 @@ def broker_folders(var_dir: Path) -> dict[str, Any]:
     }
 
 
-def celery_config(settings: Any) -> dict[str, Any]:
+def celery_config(settings: Settings) -> dict[str, Any]:
     """Every Celery setting the API and the worker share, from the typed settings object."""
-    broker_url = str(_setting(settings, "broker_url", "filesystem://"))
-    time_limit = int(_setting(settings, "job_time_limit_seconds", DEFAULT_JOB_TIME_LIMIT_S))
+    broker_url = settings.broker_url
+    time_limit = settings.job_time_limit_seconds
     transport_options: dict[str, Any] = {
         # Well above the longest job: Redis redelivers an unacknowledged message after this long, and
         # a job must never be handed out twice while it is still running.
         "visibility_timeout": 2 * time_limit + 3600,
     }
     if broker_url.startswith("filesystem://"):
-        var_dir = Path(_setting(settings, "var_dir", Path("var")))
-        transport_options.update(broker_folders(var_dir))
+        transport_options.update(broker_folders(Path(settings.var_dir)))
     return {
         "broker_url": broker_url,
         "broker_transport_options": transport_options,
@@ -95,7 +85,7 @@ celery_app = Celery("taming", set_as_current=False)
 celery_app.add_defaults(lambda: celery_config(get_settings()))
 
 
-def configure(settings: Any) -> None:
+def configure(settings: Settings) -> None:
     """Point `celery_app` at other settings (tests, `taming serve` after parsing its options)."""
     celery_app.conf.update(celery_config(settings))
 

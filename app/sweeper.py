@@ -35,7 +35,7 @@ ACTOR = "sweeper"
 
 @dataclass(frozen=True)
 class Timings:
-    """The worker's clocks. Read from settings with defaults, so that older settings still work."""
+    """The worker's clocks, read from the settings."""
 
     heartbeat_seconds: float = 10.0
     stale_after_seconds: float = 120.0
@@ -50,11 +50,7 @@ class Timings:
 
     @classmethod
     def from_settings(cls, settings: Any) -> Timings:
-        values = {name: getattr(settings, name) for name in cls.__dataclass_fields__ if hasattr(settings, name)}
-        if "lease_seconds" not in values and "stale_after_seconds" in values:
-            # A lease expires when its holder's jobs go stale: the rescued job finds the lease free.
-            values["lease_seconds"] = values["stale_after_seconds"]
-        return cls(**values)
+        return cls(**{name: getattr(settings, name) for name in cls.__dataclass_fields__})
 
 
 def utcnow() -> datetime:
