@@ -123,6 +123,9 @@ def _print_figures(report: dict[str, Any], job: dict[str, Any]) -> None:
     ]
     for name, value in (metrics.get("quantile_drop") or {}).items():
         lines.append(f"QD({name}){' ' * max(1, 20 - len(name))}{_fmt(value)}")
+    shift = (metrics.get("bpd_shift_sigma") or {}).get("forget_holdout")
+    if shift is not None:  # the fair measure for unseen photos (their quantiles are against training images)
+        lines.append(f"held-out photos moved   {_fmt(shift, 2)} σ_R up in bpd")
     lines.append(f"bpd remember            {_fmt(bpd.get('before'))} -> {_fmt(bpd.get('after'))}")
     lines.append(f"wall seconds            {_fmt(report.get('timing', {}).get('wall_seconds'), 1)}")
     click.echo("\n".join(lines))
