@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from collections.abc import Callable
 from typing import Annotated
 
@@ -44,13 +45,25 @@ def _unauthorized(message: str) -> ApiError:
     return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
 
 
+# Keys seen in the last few seconds, by hash: a dashboard polling every second would otherwise pay one
+# query per request for the key. A key revoked in the database stops working within KEY_CACHE_SECONDS.
+KEY_CACHE_SECONDS = 5.0
+_recent_keys: dict[str, tuple[float, ApiKey]] = {}
+
+
 def current_key(request: Request, session: SessionDep) -> ApiKey:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise _unauthorized("send 'Authorization: Bearer <api key>'")
-    key = session.scalars(select(ApiKey).where(ApiKey.key_hash == hash_key(token.strip()))).first()
+    digest = hash_key(token.strip())
+    cached = _recent_keys.get(digest)
+    if cached is not None and cached[0] > time.monotonic():
+        return cached[1]
+    key = session.scalars(select(ApiKey).where(ApiKey.key_hash == digest)).first()
     if key is None or key.revoked_at is not None:
         raise _unauthorized("unknown or revoked API key")
+    session.expunge(key)  # shared across requests and threads: a plain, detached row
+    _recent_keys[digest] = (time.monotonic() + KEY_CACHE_SECONDS, key)
     return key
 
 

@@ -103,3 +103,17 @@ def test_revoked_and_malformed_keys_are_refused(api: Api) -> None:
     assert api.client.get("/v1/models", headers={"Authorization": "Basic abc"}).status_code == 401
     r = api.client.get("/v1/models", headers={"Authorization": "Bearer nope"})
     assert r.status_code == 401 and r.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_a_key_revoked_while_in_use_stops_working_once_its_cache_entry_lapses(api: Api, monkeypatch: Any) -> None:
+    import app.auth
+    from app.db import session_scope
+    from app.models import ApiKey, utcnow
+
+    assert api.client.get("/v1/models", headers=api.h("auditor")).status_code == 200  # now cached
+    with session_scope(api.settings) as session:
+        session.get(ApiKey, api.key_ids["auditor"]).revoked_at = utcnow()  # type: ignore[union-attr]
+    assert api.client.get("/v1/models", headers=api.h("auditor")).status_code == 200  # within the cache window
+    monkeypatch.setattr(app.auth, "KEY_CACHE_SECONDS", 0.0)
+    app.auth._recent_keys.clear()
+    assert api.client.get("/v1/models", headers=api.h("auditor")).status_code == 401
