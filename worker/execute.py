@@ -28,6 +28,7 @@ from app.sweeper import Timings, utcnow
 from taming import pipeline
 from taming.checkpoint import CheckpointError, file_sha256
 from taming.data import DataError, FaceSet, load_faces
+from taming.tame import TamingError
 from worker import finish, lease
 from worker.finish import LeaseLost, RunCancelled, RunTimeLimit
 from worker.runner import Batch
@@ -296,11 +297,11 @@ def execute(batch: Batch, settings: Any, t: Timings, owner: str) -> None:
         except (DataError, CheckpointError) as exc:
             finish.fail(batch, settings, t, f"The images or the model could not be used: {exc}")
             return
+        except TamingError as exc:
+            finish.fail(batch, settings, t, f"The taming run could not continue: {exc}")
+            return
         except Exception as exc:
-            if _is_taming_error(exc):
-                finish.fail(batch, settings, t, f"The taming run could not continue: {exc}")
-            else:
-                finish.retry_or_fail(batch, settings, t, exc)
+            finish.retry_or_fail(batch, settings, t, exc)
             return
         if not result.criterion_met:
             finish.fail(batch, settings, t, finish.criterion_message(result, config))
@@ -308,9 +309,3 @@ def execute(batch: Batch, settings: Any, t: Timings, owner: str) -> None:
         finish.succeed(batch, settings, t, owner, result, out)
 
 
-def _is_taming_error(exc: Exception) -> bool:
-    try:
-        from taming.tame import TamingError
-    except ImportError:  # the library before tame.py landed
-        return False
-    return isinstance(exc, TamingError)
