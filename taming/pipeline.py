@@ -108,9 +108,10 @@ def run_requests(
     n_bits = base.config.n_bits
     result = tame(copy.deepcopy(base), base, quantize(forget_u8, n_bits), quantize(remember.images, n_bits),
                   config, on_step=on_step, resume=resume_state, share_fn=share_fn)
-    sha = save_checkpoint(result.model, out_checkpoint, data_hash=meta.get("data_hash", ""),
-                          parent=file_sha256(base_checkpoint))
-    common = _Common(base, result, config, remember, remember_holdout, unseen, space, sha, model_meta or {},
+    parent_sha = file_sha256(base_checkpoint)
+    sha = save_checkpoint(result.model, out_checkpoint, data_hash=meta.get("data_hash", ""), parent=parent_sha)
+    common = _Common(base, result, config, remember, remember_holdout, unseen, space, sha,
+                     {"parent_sha256": parent_sha, **(model_meta or {})},
                      device, started, sample_frechet(base, result.model, space, remember.images))
     reports, html = {}, {}
     measured: dict[str, tuple[Tensor, Tensor]] = {}

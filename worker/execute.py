@@ -139,7 +139,7 @@ class RunMonitor:
             "max_abs_d": _num(info.max_abs_d),
             "mu_r": _num(info.mu_r),
             "sigma_r": _num(info.sigma_r),
-            "share": _num(getattr(info, "share", None)),
+            "share": _num(info.share),
             "eta_seconds": _num(info.eta_seconds),
             "resumed_from": self.resumed_from,
             "saved_iteration": self.last_state_iteration,
