@@ -98,12 +98,13 @@ def run_requests(
     started = time.perf_counter()
     base, meta = load_checkpoint(base_checkpoint)
     base.to(device)
+    # on the model's whole reference set, so that one cached network serves every request for this model
+    space = features_for(remember, cache_dir)
     if rebalance is not None:
         requests, remember, config = _rebalance_sets(requests, rebalance, config)
     else:
         remember = _without_forgotten_people(remember, requests)
     planned, forget_u8 = _plan(requests)
-    space = features_for(remember, cache_dir)
     share_fn, classifier = _share_fn(rebalance, base.config.in_channel) if rebalance else (None, None)
     n_bits = base.config.n_bits
     result = tame(copy.deepcopy(base), base, quantize(forget_u8, n_bits), quantize(remember.images, n_bits),

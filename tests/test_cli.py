@@ -134,3 +134,16 @@ def test_rebalancing_an_attribute_reports_its_share(workspace: Path, two_people:
     assert set(share) == {"before", "after", "target"} and share["target"] == 0.0
     assert not result.criterion_met  # a share of exactly 0 is not reached in 40 iterations
     assert "share" in result.reports["r"]["history"][-1]
+
+
+def test_feature_network_is_trained_once_per_model(workspace: Path, two_people: FaceSet, tmp_path: Path) -> None:
+    from taming.pipeline import Request, run_requests
+    from taming.tame import TameConfig
+
+    # the remember set holds both people; each request leaves a different person out of D_R
+    for person, key in ((0, "a"), (1, "b")):
+        forget = two_people.subset(np.flatnonzero(two_people.identity == person)[:3])
+        run_requests(workspace / "base.safetensors", two_people, [Request(key, forget)],
+                     TameConfig(max_iterations=1), tmp_path / f"{key}.safetensors", cache_dir=tmp_path / "cache")
+    cached = [p.name for p in (tmp_path / "cache").iterdir()]
+    assert cached == [f"features-{two_people.data_hash()[:16]}.safetensors"]
