@@ -17,13 +17,18 @@ UNSEEN = list(range(35, 40))
 
 
 def att_sets(person: int, size: int = 32, channels: int = 1) -> dict[str, FaceSet]:
-    """D_F, D'_F, D_R, remember_holdout and D_R^id for forgetting one trained identity."""
+    """D_F, D'_F, D_R, remember_holdout and D_R^id for forgetting one trained identity.
+
+    "trained" is the model's whole training set, as the service holds it: the pipeline leaves the
+    person's images out of it itself (what remains is "remember").
+    """
     faces = load_faces(DATA, size, channels)
     others = [i for i in TRAINED if i != person]
     return {
         "forget": faces.select([person], slice(0, 7)),
         "holdout": faces.select([person], slice(7, 10)),
         "remember": faces.select(others, slice(0, 7)),
+        "trained": faces.select(TRAINED, slice(0, 7)),
         "remember_holdout": faces.select(others, slice(7, 10)),
         "unseen": faces.select(UNSEEN),
     }

@@ -29,7 +29,7 @@ HEADER = ("| person | loss | met | iters | wall s | q_B(D_F) | q_T(D_F) | remove
 def run(person: int, config: TameConfig, cache: Path, model: Path = MODEL) -> dict:
     sets = att_sets(person)
     with tempfile.TemporaryDirectory() as tmp:
-        result = run_requests(model, sets["remember"], [Request(f"p{person}", sets["forget"], sets["holdout"])],
+        result = run_requests(model, sets["trained"], [Request(f"p{person}", sets["forget"], sets["holdout"])],
                               config, Path(tmp) / "tamed.safetensors", remember_holdout=sets["remember_holdout"],
                               unseen=sets["unseen"], cache_dir=cache)
     return result.reports[f"p{person}"]

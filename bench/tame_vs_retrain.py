@@ -1,11 +1,14 @@
 """Wall time to tame one identity vs. retraining the base model from scratch to the same BPD on D_R.
 
-Same machine, same run: (1) one erasure through the whole pipeline (taming, confirmation, evaluation,
-reports) on the shipped AT&T model; (2) a fresh Glow of the same architecture trained by maximum
-likelihood on D_R (without the person) until its BPD on D_R reaches the tamed model's, checked every
-100 steps. The last line ends with the ratio retrain / tame. Goal: at least 20x.
+Same machine, same run: (1) one erasure through the whole pipeline on the shipped AT&T model, the way the
+service runs it (the model's whole training set goes in as the remember set; the person leaves it by image
+match); (2) a fresh Glow of the same architecture trained by the base model's own recipe (`taming train`'s
+defaults) on D_R, without the person, until its BPD on D_R reaches the tamed model's, checked every 100 steps.
+Two ratios are printed: against the whole erasure (taming, confirmation, audit evaluation, reports) and,
+on the last line, against the taming run itself (Algorithm 1 with its confirmation: what produces the
+model a retraining would produce). Goal: at least 20x.
 
-    .venv/bin/python bench/tame_vs_retrain.py [--person 1] [--max-steps 8000]
+    .venv/bin/python bench/tame_vs_retrain.py [--person 1]
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from att_sets import MODEL, att_sets
 
 from taming.checkpoint import load_checkpoint
-from taming.data import load_faces, quantize
+from taming.data import quantize
 from taming.evaluate import mean_bpd
 from taming.glow import Glow
 from taming.pipeline import Request, features_for, run_requests
@@ -38,28 +41,29 @@ class Reached(Exception):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--person", type=int, default=1)
-    parser.add_argument("--max-steps", type=int, default=8000)
     args = parser.parse_args()
     sets = att_sets(args.person)
     with tempfile.TemporaryDirectory() as tmp:
         # the feature network is trained once per model (the worker caches it); not part of an erasure
         started = time.perf_counter()
-        features_for(load_faces(MODEL.parent / "remember.npz", 32, 1), Path(tmp))
+        features_for(sets["trained"], Path(tmp))
         features_s = time.perf_counter() - started
         started = time.perf_counter()
-        result = run_requests(MODEL, sets["remember"], [Request("p", sets["forget"], sets["holdout"])],
+        result = run_requests(MODEL, sets["trained"], [Request("p", sets["forget"], sets["holdout"])],
                               TameConfig(), Path(tmp) / "t.safetensors", cache_dir=Path(tmp))
-        tame_s = time.perf_counter() - started
+        erasure_s = time.perf_counter() - started
     report = result.reports["p"]
+    tame_s = report["timing"]["tame_seconds"]
     target = report["metrics"]["bpd_remember"]["after"]
     print(f"feature network (once per model, cached): {features_s:.1f} s")
-    print(f"tame: {tame_s:.1f} s wall ({report['timing']['tame_seconds']:.1f} s in the taming loop, "
-          f"{result.iterations} iterations, criterion met {result.criterion_met}); BPD(D_R) after {target:.4f}")
+    print(f"erasure: {erasure_s:.1f} s wall, of which the taming run {tame_s:.1f} s ({result.iterations} iterations, "
+          f"criterion met {result.criterion_met}); BPD(D_R) after {target:.4f}")
 
     base, _ = load_checkpoint(MODEL)
     remember = quantize(sets["remember"].images, base.config.n_bits)
     torch.manual_seed(0)
     fresh = Glow(base.config)
+    recipe = TrainConfig()
     started = time.perf_counter()
     reached = {"step": None, "bpd": float("nan")}
 
@@ -71,13 +75,15 @@ def main() -> None:
                 raise Reached
 
     try:
-        train(fresh, remember, TrainConfig(steps=args.max_steps), on_step=on_step)
+        train(fresh, remember, recipe, on_step=on_step)
         capped = True
     except Reached:
         capped = False
     retrain_s = time.perf_counter() - started
     more = "more than " if capped else ""
-    print(f"retrain: {more}{retrain_s:.1f} s ({reached['step']} steps, BPD(D_R) {reached['bpd']:.4f})")
+    print(f"retrain: {more}{retrain_s:.1f} s ({reached['step']} of the recipe's {recipe.steps} steps, "
+          f"BPD(D_R) {reached['bpd']:.4f})")
+    print(f"retrain / whole erasure = {more}{retrain_s / erasure_s:.1f}x")
     print(f"retrain / tame = {more}{retrain_s / tame_s:.1f}x")
 
 

@@ -61,14 +61,18 @@ def load_set(path: str, size: int, channels: int, identities: str | None = None,
 @click.option("--steps", default=1500, show_default=True, help="about 10 minutes at 32x32 on 2 cores")
 @click.option("--batch-size", default=32, show_default=True)
 @click.option("--lr", default=1e-3, show_default=True)
+@click.option("--lr-schedule", default="constant", show_default=True, type=click.Choice(["cosine", "constant"]),
+              help="after the warm-up")
+@click.option("--shift", default=0, show_default=True, help="augment with random translations up to this many pixels")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--identities", help="keep only these identities, e.g. 0-34")
 @click.option("--images", help="keep only these images of each identity (1-based), e.g. 1-7")
 @click.option("--checkpoint-every", default=500, show_default=True)
 @click.option("--resume", is_flag=True, help="continue from OUT.state.pt")
 def train_command(data: str, out: str, image_size: int, channels: str, n_flow: int, n_block: int, hidden: int,
-                  affine: bool, no_lu: bool, n_bits: int, steps: int, batch_size: int, lr: float, seed: int,
-                  identities: str | None, images: str | None, checkpoint_every: int, resume: bool) -> None:
+                  affine: bool, no_lu: bool, n_bits: int, steps: int, batch_size: int, lr: float, lr_schedule: str,
+                  shift: int, seed: int, identities: str | None, images: str | None, checkpoint_every: int,
+                  resume: bool) -> None:
     """Train a base Glow on DATA (a folder or .npz) by maximum likelihood."""
     import torch
     from tqdm import tqdm
@@ -96,7 +100,8 @@ def train_command(data: str, out: str, image_size: int, channels: str, n_flow: i
             torch.save(state_fn(), state_path)
             save_checkpoint(model, out, **meta)
 
-    train(model, quantize(faces.images, n_bits), TrainConfig(steps, batch_size, lr, seed=seed), on_step, state)
+    recipe = TrainConfig(steps, batch_size, lr, shift=shift, cosine=lr_schedule == "cosine", seed=seed)
+    train(model, quantize(faces.images, n_bits), recipe, on_step, state)
     bar.close()
     sha = save_checkpoint(model, out, **meta)
     click.echo(f"wrote {out} ({sum(p.numel() for p in model.parameters()):,} parameters, sha256 {sha})")

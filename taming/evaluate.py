@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from taming.data import dequantize, to_uint8
+from taming.glow import INFERENCE_BATCH
 
 if TYPE_CHECKING:
     from taming.features import FeatureSpace
@@ -36,7 +37,8 @@ def _device(model: nn.Module) -> torch.device:
 
 
 def mean_bpd(
-    model: nn.Module, images_q: Tensor, n_bits: int, draws: int = 5, seed: int = 0, batch_size: int = 256
+    model: nn.Module, images_q: Tensor, n_bits: int, draws: int = 5, seed: int = 0,
+    batch_size: int = INFERENCE_BATCH,
 ) -> Tensor:
     """Bits per dimension averaged over `draws` uniform dequantization draws.
 
@@ -101,7 +103,7 @@ def evaluate_sets(
     sigma_r: float,
     draws: int = 5,
     seed: int = 0,
-    batch_size: int = 256,
+    batch_size: int = INFERENCE_BATCH,
     measured: dict[str, tuple[Tensor, Tensor]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate base and tamed models on the named image sets.

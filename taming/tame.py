@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from taming.data import dequantize
-from taming.glow import Glow
+from taming.glow import INFERENCE_BATCH, Glow
 from taming.losses import forget_loss, remember_loss, total_loss
 
 
@@ -99,7 +99,8 @@ class _Loop:
 
 
 @torch.inference_mode()
-def bpd_of(model: Glow, images_q: Tensor, gen: torch.Generator, draws: int = 1, batch: int = 256) -> Tensor:
+def bpd_of(model: Glow, images_q: Tensor, gen: torch.Generator, draws: int = 1,
+           batch: int = INFERENCE_BATCH) -> Tensor:
     """bpd of quantized images [N, C, H, W] averaged over `draws` dequantization draws -> [N] (CPU)."""
     device = next(model.parameters()).device
     n_bits = model.config.n_bits
