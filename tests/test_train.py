@@ -23,7 +23,7 @@ def test_augmentation_translates_by_at_most_shift_pixels() -> None:
 
 
 def test_learning_rate_warms_up_then_decays_to_zero() -> None:
-    config = TrainConfig(steps=100, warmup=10, lr=1e-3)
+    config = TrainConfig(steps=100, warmup=10, lr=1e-3, cosine=True)
     assert _learning_rate(config, 5) == 5e-4
     assert _learning_rate(config, 10) == 1e-3
     assert _learning_rate(config, 100) < 1e-12
