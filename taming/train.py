@@ -5,7 +5,7 @@ first batch, a linear warm-up (then a constant or cosine-decayed learning rate),
 optionally small translations as augmentation, and a resumable state (model, optimizer, step, RNG).
 
 Translations stop a small model memorising its faces (on AT&T, bpd on training images, held-out images and
-unseen people then agree within 0.04, against 1.89 / 2.33 / 2.54 without), but they are off by default:
+unseen people then agree within 0.1, against 1.89 / 2.33 / 2.54 without), but they are off by default:
 such a model carries the forgetting of one person over to look-alikes among people it never saw
 (README, "Base models we tried").
 """
