@@ -284,7 +284,7 @@ def execute(batch: Batch, settings: Any, t: Timings, owner: str) -> None:
                     ckpt, remember, requests, config, out,
                     rebalance=rebalance, on_step=monitor.on_step, resume_state=resume_state,
                     device=pick_device(settings.device), model_meta=model_meta,
-                    cache_dir=Path(settings.var_dir) / "cache",  # the feature space, once per remember set
+                    cache_dir=Path(settings.var_dir) / "cache",  # the feature space, once per model
                 )
         except LeaseLost:
             raise
