@@ -127,9 +127,10 @@ def _load_model(path: str) -> Any:
 @click.command("tame")
 @click.option("--model", "model_path", required=True, help="base checkpoint (.safetensors)")
 @click.option("--forget", required=True, help="images to forget (folder or .npz)")
-@click.option("--remember", required=True, help="images to remember (folder or .npz), without the forgotten person")
+@click.option("--remember", required=True,
+              help="images to remember (folder or .npz); the forgotten person leaves it by image match")
 @click.option("--holdout", help="more images of the forgotten person, never used for taming (D'_F)")
-@click.option("--remember-holdout", help="held-out images of remembered people")
+@click.option("--remember-holdout", help="held-out images of remembered people (the person leaves it too)")
 @click.option("--unseen", help="images of people the base model never saw (D_R^id)")
 @click.option("--delta", default=4.0, show_default=True)
 @click.option("--epsilon", type=float, help="stop tolerance on d  [default: 0.15·|delta|]")

@@ -92,7 +92,8 @@ def run_requests(
     """Tame the base checkpoint for `requests`, write the tamed checkpoint and one report per request.
 
     remember: the model's reference remember set; images of anyone being forgotten are left out of it.
-    remember_holdout / unseen: optional held-out images of remembered people / of people never trained on.
+    remember_holdout / unseen: optional held-out images of remembered people / of people never trained on
+    (for the report; the forgotten people are left out of them the same way).
     Raises DataError when no forget image carries an identity.
     """
     started = time.perf_counter()
@@ -103,7 +104,12 @@ def run_requests(
     if rebalance is not None:
         requests, remember, config = _rebalance_sets(requests, rebalance, config)
     else:
-        remember = _without_forgotten_people(remember, requests)
+        remember = without_forgotten_people(remember, requests)
+        if len(remember) < 2:
+            raise DataError("the remember set has fewer than 2 images once the forgotten people are left out")
+        # other people's photos are the yardstick of the report: the person must not be among them
+        remember_holdout, unseen = (without_forgotten_people(s, requests) if s is not None else None
+                                    for s in (remember_holdout, unseen))
     planned, forget_u8 = _plan(requests)
     share_fn, classifier = _share_fn(rebalance, base.config.in_channel) if rebalance else (None, None)
     n_bits = base.config.n_bits
@@ -137,21 +143,17 @@ def _plan(requests: list[Request]) -> tuple[list[_Planned], Tensor]:
     return planned, torch.cat(chunks)
 
 
-def _without_forgotten_people(remember: FaceSet, requests: list[Request]) -> FaceSet:
-    """D_R never holds an image of a person being forgotten (DESIGN.md section 4, step 8).
+def without_forgotten_people(faces: FaceSet, requests: list[Request]) -> FaceSet:
+    """`faces` without anyone being forgotten (DESIGN.md section 4, step 8: D_R never holds them).
 
-    A remember image identical (after resizing) to an uploaded image marks its identity as that
-    person's: all of that identity's images leave D_R, not just the matching ones.
+    An image identical (after resizing) to an uploaded forget or held-out image marks its identity
+    within `faces` as that person's: all of that identity's images leave, not just the matching ones.
     """
     uploaded = [r.forget.images for r in requests] + [r.holdout.images for r in requests if r.holdout]
     keys = {img.numpy().tobytes() for batch in uploaded for img in batch}
-    hit = np.array([img.numpy().tobytes() in keys for img in remember.images], dtype=bool)
-    people = set(remember.identity[hit].tolist()) - {-1}
-    drop = hit | np.isin(remember.identity, list(people))
-    kept = remember.subset(~drop)
-    if len(kept) < 2:
-        raise DataError("the remember set has fewer than 2 images once the forgotten people are left out")
-    return kept
+    hit = np.array([img.numpy().tobytes() in keys for img in faces.images], dtype=bool)
+    people = set(faces.identity[hit].tolist()) - {-1}
+    return faces.subset(~(hit | np.isin(faces.identity, list(people))))
 
 
 def _rebalance_sets(requests: list[Request], rebalance: Rebalance,

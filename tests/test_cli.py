@@ -147,3 +147,30 @@ def test_feature_network_is_trained_once_per_model(workspace: Path, two_people: 
                      TameConfig(max_iterations=1), tmp_path / f"{key}.safetensors", cache_dir=tmp_path / "cache")
     cached = [p.name for p in (tmp_path / "cache").iterdir()]
     assert cached == [f"features-{two_people.data_hash()[:16]}.safetensors"]
+
+
+def test_forgotten_people_leave_every_set_of_other_people(two_people: FaceSet) -> None:
+    from taming.pipeline import Request, without_forgotten_people
+
+    person0 = np.flatnonzero(two_people.identity == 0)
+    mixed = two_people.subset(np.r_[person0[10:], np.flatnonzero(two_people.identity == 1)])
+    unlabelled = FaceSet(mixed.images, np.full(len(mixed), -1), mixed.names, mixed.sha256)
+    # an uploaded held-out photo marks the person as surely as a forget image does
+    request = Request("r", two_people.subset(person0[:3]), holdout=two_people.subset(person0[10:12]))
+    assert set(without_forgotten_people(mixed, [request]).identity) == {1}
+    # without identities only the identical images can leave
+    assert len(without_forgotten_people(unlabelled, [request])) == len(mixed) - 2
+
+
+def test_report_compares_with_other_people_only(workspace: Path, two_people: FaceSet, tmp_path: Path) -> None:
+    from taming.pipeline import Request, run_requests
+    from taming.tame import TameConfig
+
+    person0 = two_people.subset(np.flatnonzero(two_people.identity == 0))
+    request = Request("r", person0.subset(np.arange(5)), holdout=person0.subset(np.arange(15, 17)))
+    # "other people's held-out photos" given as the person's own: nothing is left to compare with
+    result = run_requests(workspace / "base.safetensors", two_people, [request], TameConfig(max_iterations=1),
+                          tmp_path / "t.safetensors", remember_holdout=person0.subset(np.arange(10, 20)),
+                          cache_dir=tmp_path)
+    shifts = result.reports["r"]["metrics"]["bpd_shift_sigma"]
+    assert "forget_holdout" in shifts and "remember_holdout" not in shifts
