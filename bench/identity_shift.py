@@ -20,10 +20,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from att_sets import MODEL, UNSEEN, att_sets
+from table1 import run
 
 from taming.checkpoint import load_checkpoint
 from taming.data import quantize
-from taming.pipeline import Request, run_requests
 from taming.tame import TameConfig, bpd_of
 
 
@@ -42,8 +42,7 @@ def main() -> None:
     sets = att_sets(args.person)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "tamed.safetensors"
-        run_requests(args.model, sets["trained"], [Request("p", sets["forget"], sets["holdout"])], TameConfig(),
-                     out, cache_dir=Path(tempfile.gettempdir()) / "taming-bench-cache")
+        run(args.person, TameConfig(), Path(tempfile.gettempdir()) / "taming-bench-cache", args.model, out)
         tamed = load_checkpoint(out)[0].eval()
     base = load_checkpoint(args.model)[0].eval()
     n_bits = base.config.n_bits

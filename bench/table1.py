@@ -26,12 +26,13 @@ HEADER = ("| person | loss | met | iters | wall s | q_B(D_F) | q_T(D_F) | remove
           "| shift others' held-out σ | QD(D_R) | QD(D_R^id) | QD(D_R^NN) | BPD(D_R) change |")
 
 
-def run(person: int, config: TameConfig, cache: Path, model: Path = MODEL) -> dict:
+def run(person: int, config: TameConfig, cache: Path, model: Path = MODEL, out: Path | None = None) -> dict:
+    """Forget one trained identity; the report. The tamed checkpoint is kept only when `out` is given."""
     sets = att_sets(person)
     with tempfile.TemporaryDirectory() as tmp:
         result = run_requests(model, sets["trained"], [Request(f"p{person}", sets["forget"], sets["holdout"])],
-                              config, Path(tmp) / "tamed.safetensors", remember_holdout=sets["remember_holdout"],
-                              unseen=sets["unseen"], cache_dir=cache)
+                              config, out or Path(tmp) / "tamed.safetensors",
+                              remember_holdout=sets["remember_holdout"], unseen=sets["unseen"], cache_dir=cache)
     return result.reports[f"p{person}"]
 
 
