@@ -23,7 +23,8 @@ from taming.pipeline import Request, run_requests
 from taming.tame import TameConfig
 
 HEADER = ("| person | loss | met | iters | wall s | q_B(D_F) | q_T(D_F) | removed | QD(D'_F) | shift D'_F σ "
-          "| shift others' held-out σ | QD(D_R) | QD(D_R^id) | QD(D_R^NN) | BPD(D_R) change |")
+          "| shift others' held-out σ | QD(D_R) | QD(D_R^id) | QD(D_R^NN) | BPD(D_R) change "
+          "| D_F's rise in discrete bpd |")
 
 
 def run(person: int, config: TameConfig, cache: Path, model: Path = MODEL, out: Path | None = None) -> dict:
@@ -36,6 +37,11 @@ def run(person: int, config: TameConfig, cache: Path, model: Path = MODEL, out: 
     return result.reports[f"p{person}"]
 
 
+def _share(share: float | None) -> str:
+    """How much of D_F's mean-bpd rise the importance-weighted (discrete) bpd keeps."""
+    return "—" if share is None else f"{share:.0%}"
+
+
 def row(person: int, label: str, report: dict) -> tuple[str, list[str]]:
     m = report["metrics"]
     qd, mq, shift = m["quantile_drop"], m["mean_quantile"], m["bpd_shift_sigma"]
@@ -46,7 +52,8 @@ def row(person: int, label: str, report: dict) -> tuple[str, list[str]]:
              f"{report['timing']['wall_seconds']:.0f}", f"{mq['forget']['before']:.3f}",
              f"{mq['forget']['after']:.1e}", f"{removed:.1%}", f"{qd['forget_holdout']:.3f}",
              f"{shift['forget_holdout']:.2f}", f"{shift['remember_holdout']:.2f}", f"{qd['remember']:.4f}",
-             f"{qd['remember_unseen']:.4f}", f"{qd['remember_nearest']:.4f}", f"{bpd_change:+.2%}"]
+             f"{qd['remember_unseen']:.4f}", f"{qd['remember_nearest']:.4f}", f"{bpd_change:+.2%}",
+             _share(m["discrete_likelihood"]["forget"]["share_of_rise"])]
     failures = []
     if not (stop["criterion_met"] and stop["iterations"] <= 300):
         failures.append("criterion within 300 iterations")

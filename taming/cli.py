@@ -197,6 +197,10 @@ def _summary(report: dict[str, Any], out: str, report_path: str, html_path: str)
         click.echo(f"  {name:<18} q {q['before']:.4f} -> {q['after']:.2e}   QD {value:+.4f}")
     bpd = metrics["bpd_remember"]
     click.echo(f"  bpd(D_R) {bpd['before']:.4f} -> {bpd['after']:.4f}; wall {report['timing']['wall_seconds']:.1f} s")
+    check = metrics.get("discrete_likelihood", {}).get("forget")
+    if check and check["share_of_rise"] is not None:
+        click.echo(f"  discrete likelihood ({metrics['discrete_likelihood']['draws']} draws): "
+                   f"{check['share_of_rise']:.0%} of D_F's bpd rise, {check['shift_sigma']:+.2f} sigma_R")
     click.echo(f"wrote {out}, {report_path}, {html_path}")
 
 

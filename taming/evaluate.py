@@ -30,34 +30,58 @@ ALL_SETS = (*QD_SETS, "remember_holdout")
 # finds every unseen image an outlier, so their quantiles are measured against other unseen images.
 HELD_OUT_SETS = ("forget_holdout", "remember_unseen", "remember_holdout")
 MAX_REFERENCE = 10_000
+# The discrete-likelihood check: dequantization draws per image, and images per set.
+DISCRETE_DRAWS = 64
+DISCRETE_IMAGES = 64
 
 
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def mean_bpd(
+def bpd_draws(
     model: nn.Module, images_q: Tensor, n_bits: int, draws: int = 5, seed: int = 0,
     batch_size: int = INFERENCE_BATCH,
 ) -> Tensor:
-    """Bits per dimension averaged over `draws` uniform dequantization draws.
+    """Bits per dimension under `draws` uniform dequantization draws.
 
-    images_q: quantized images [N, C, H, W] (`taming.data.quantize` output) -> bpd [N] (float64, CPU).
+    images_q: quantized images [N, C, H, W] (`taming.data.quantize` output) -> bpd [draws, N] (float64, CPU).
     The noise comes from a CPU generator seeded by (seed, draw), walked batch by batch in order, so two
     models evaluated with the same seed and batch_size see exactly the same dequantized images.
     """
+    out = torch.zeros(draws, images_q.shape[0], dtype=torch.float64)
     if images_q.shape[0] == 0:
-        return torch.zeros(0, dtype=torch.float64)
+        return out
     device = _device(model)
-    total = torch.zeros(images_q.shape[0], dtype=torch.float64)
     with torch.inference_mode():
         for draw in range(draws):
             gen = torch.Generator().manual_seed(seed * 1_000_003 + draw)
             for start in range(0, images_q.shape[0], batch_size):
                 x = images_q[start : start + batch_size].to(device)
                 bpd = model.bpd(dequantize(x, n_bits, gen))  # type: ignore[operator]
-                total[start : start + batch_size] += bpd.double().cpu()
-    return total / draws
+                out[draw, start : start + batch_size] = bpd.double().cpu()
+    return out
+
+
+def mean_bpd(
+    model: nn.Module, images_q: Tensor, n_bits: int, draws: int = 5, seed: int = 0,
+    batch_size: int = INFERENCE_BATCH,
+) -> Tensor:
+    """Bits per dimension averaged over `draws` dequantization draws (`bpd_draws`) -> [N] (float64, CPU)."""
+    return bpd_draws(model, images_q, n_bits, draws, seed, batch_size).mean(0)
+
+
+def importance_weighted_bpd(bpd: Tensor, dims: int) -> Tensor:
+    """-log2 of the discrete probability of each image, estimated from K dequantization draws, per dimension.
+
+    bpd: [K, N] under K uniform draws (`bpd_draws`); dims = C*H*W -> [N] (float64). 2^(-dims*bpd) is the
+    density at the draw times the volume of the image's quantization bin, so its mean over the draws estimates
+    the probability that the model puts on the bin (the image as a model sample rounds to it). The mean of bpd
+    is an upper bound (Jensen) that a model can loosen by making its density uneven inside a bin; this
+    estimate tightens as K grows (Burda et al., 2016), never lying above the mean of bpd.
+    """
+    log_p = -bpd.double() * dims * math.log(2)
+    return -(torch.logsumexp(log_p, 0) - math.log(bpd.shape[0])) / (dims * math.log(2))
 
 
 def quantiles(values: Tensor, mu: float, sigma: float) -> Tensor:
@@ -176,6 +200,41 @@ def _summarise(
     ks = stats.kstest(standardised, "norm")
     metrics["ks_normality"] = {"statistic": float(ks.statistic), "p_value": float(ks.pvalue)}
     return metrics
+
+
+def discrete_likelihood(
+    base: nn.Module, tamed: nn.Module, sets: dict[str, Tensor], n_bits: int, *, sigma_r: float,
+    draws: int = DISCRETE_DRAWS, limit: int = DISCRETE_IMAGES, seed: int = 0, batch_size: int = INFERENCE_BATCH,
+) -> dict[str, Any]:
+    """How much of the forget sets' bpd rise is a real fall in the probability of the quantized images.
+
+    sets: name -> quantized images [N, C, H, W]; "forget" and "forget_holdout" are checked (at most `limit`
+    images each, seeded). -> `metrics.discrete_likelihood`: {"draws", <set>: {"images", "before", "after",
+    "shift_sigma", "share_of_rise"}} with before/after the importance-weighted bpd (`importance_weighted_bpd`)
+    under the base and tamed models, and share_of_rise its rise over the rise of the mean bpd on the same draws.
+    Taming raises the mean bpd of D_F (DESIGN.md section 4); a share well below 1 means part of that rise is
+    the tamed density turning uneven inside the images' quantization bins, which a sample from the model
+    does not see.
+    """
+    out: dict[str, Any] = {"draws": draws}
+    for name in ("forget", "forget_holdout"):
+        if name not in sets or sets[name].shape[0] == 0:
+            continue
+        images = _subsample(sets[name], limit, seed)
+        dims = images[0].numel()
+        before = bpd_draws(base, images, n_bits, draws, seed, batch_size)
+        after = bpd_draws(tamed, images, n_bits, draws, seed, batch_size)
+        iw_before, iw_after = importance_weighted_bpd(before, dims), importance_weighted_bpd(after, dims)
+        rise = float((after.mean(0) - before.mean(0)).mean())
+        iw_rise = float((iw_after - iw_before).mean())
+        out[name] = {
+            "images": int(images.shape[0]),
+            "before": float(iw_before.mean()),
+            "after": float(iw_after.mean()),
+            "shift_sigma": iw_rise / sigma_r,
+            "share_of_rise": iw_rise / rise if rise > 0 else None,
+        }
+    return out
 
 
 def frechet_distance(feats_a: np.ndarray | Tensor, feats_b: np.ndarray | Tensor, eps: float = 1e-6) -> float:

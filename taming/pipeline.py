@@ -21,7 +21,7 @@ from torch import Tensor
 
 from taming.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from taming.data import DataError, FaceSet, quantize, screen
-from taming.evaluate import evaluate_sets, mean_bpd, quantiles, sample_frechet
+from taming.evaluate import discrete_likelihood, evaluate_sets, mean_bpd, quantiles, sample_frechet
 from taming.features import (
     Embedder,
     FeatureSpace,
@@ -223,11 +223,13 @@ def _report(plan: _Planned, c: _Common, measured: dict[str, tuple[Tensor, Tensor
     nearest = _nearest(c, included) if rebalance is None else []
     if nearest:
         sets["remember_nearest"] = c.remember.select(nearest).images
-    evaluation = evaluate_sets(c.base, c.result.model, {k: quantize(v, n_bits) for k, v in sets.items()}, n_bits,
-                               sigma_r=c.result.sigma_r, measured=measured)
+    quantized = {k: quantize(v, n_bits) for k, v in sets.items()}
+    evaluation = evaluate_sets(c.base, c.result.model, quantized, n_bits, sigma_r=c.result.sigma_r, measured=measured)
     measured.update({k: v for k, v in evaluation["bpd"].items() if k not in ("forget", "forget_holdout",
                                                                               "remember_nearest")})
     metrics = evaluation["metrics"]
+    metrics["discrete_likelihood"] = discrete_likelihood(c.base, c.result.model, quantized, n_bits,
+                                                         sigma_r=c.result.sigma_r)
     metrics["frechet_distance"] = c.frechet
     metrics["nearest_identities"] = nearest
     if rebalance is not None:

@@ -59,9 +59,12 @@ def test_tame_writes_checkpoint_and_reports(workspace: Path) -> None:
     for key in ("forget", "forget_holdout", "remember"):
         assert key in data["metrics"]["quantile_drop"]
     assert {"before", "after"} <= set(data["metrics"]["bpd_remember"])
+    check = data["metrics"]["discrete_likelihood"]
+    assert check["forget"]["images"] == 4 and check["forget"]["after"] > check["forget"]["before"]
+    assert "discrete likelihood (64 draws)" in result.output
     assert data["timing"]["wall_seconds"] > 0 and data["software"]["torch"]
     html = report.with_suffix(".html").read_text()
-    assert "data:image/png;base64" in html
+    assert "data:image/png;base64" in html and "importance-weighted" in html
 
 
 @pytest.mark.parametrize(

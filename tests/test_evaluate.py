@@ -11,7 +11,15 @@ import torch
 from scipy import stats
 
 from taming.data import quantize, to_uint8
-from taming.evaluate import evaluate_sets, frechet_distance, mean_bpd, quantiles, sample_frechet
+from taming.evaluate import (
+    discrete_likelihood,
+    evaluate_sets,
+    frechet_distance,
+    importance_weighted_bpd,
+    mean_bpd,
+    quantiles,
+    sample_frechet,
+)
 from taming.features import PixelPCA
 from taming.glow import Glow, GlowConfig
 
@@ -104,6 +112,46 @@ def test_held_out_sets_fall_back_to_remember_reference(model: Glow) -> None:
     assert set(result["reference"]) == {"remember"}
     with pytest.raises(ValueError, match="remember"):
         evaluate_sets(model, model, {"forget": _images(3, 1)}, N_BITS, sigma_r=1.0, draws=1)
+
+
+def test_importance_weighted_bpd_is_the_probability_of_the_bin() -> None:
+    dims = 1
+    a, b = 3.0, 5.0  # two draws: probabilities 2^-3 and 2^-5 of the bin
+    iw = importance_weighted_bpd(torch.tensor([[a], [b]]), dims)
+    assert float(iw) == pytest.approx(-math.log2((2**-a + 2**-b) / 2))
+    draws = torch.randn(16, 5, dtype=torch.float64) * 0.1 + 2.0
+    iw = importance_weighted_bpd(draws, dims=64)
+    assert (iw <= draws.mean(0)).all() and (iw >= draws.min(0).values).all()  # Jensen, and a mean of p
+    assert torch.allclose(importance_weighted_bpd(draws[:1], 64), draws[0])
+    assert torch.allclose(importance_weighted_bpd(torch.full((8, 3), 2.5), 64), torch.full((3,), 2.5).double())
+
+
+class _UnevenInsideBins(torch.nn.Module):
+    """A model that puts 95% of each bin's probability into the lower half of the first pixel's bin: the same
+    probability for every quantized image, a higher mean bpd (what a tamed model can learn for D_F)."""
+
+    def __init__(self, glow: Glow) -> None:
+        super().__init__()
+        self.glow = glow
+
+    def bpd(self, x: torch.Tensor) -> torch.Tensor:
+        inside = ((x[:, 0, 0, 0] + 0.5) * 2**N_BITS) % 1  # where the draw fell inside the first pixel's bin
+        weight = torch.where(inside < 0.5, 1.9, 0.1)  # averages 1 over the bin: the probability is kept
+        return self.glow.bpd(x) - torch.log2(weight) / x[0].numel()
+
+
+def test_discrete_likelihood_tells_a_real_fall_from_an_uneven_density(model: Glow) -> None:
+    sets = {"forget": _images(4, 10), "forget_holdout": _images(3, 11), "remember": _images(8, 12)}
+    uneven = discrete_likelihood(model, _UnevenInsideBins(model), sets, N_BITS, sigma_r=1.0)
+    worse = copy.deepcopy(model)
+    with torch.no_grad():
+        worse.blocks[0].flows[0].actnorm.scale.mul_(3.0)
+    real = discrete_likelihood(model, worse, sets, N_BITS, sigma_r=1.0)
+    assert set(uneven) == {"draws", "forget", "forget_holdout"} and uneven["forget"]["images"] == 4
+    assert abs(uneven["forget"]["share_of_rise"]) < 0.5  # the mean bpd rose, the probability did not fall
+    assert real["forget"]["share_of_rise"] > 0.8 and real["forget"]["shift_sigma"] > 0
+    same = discrete_likelihood(model, copy.deepcopy(model), sets, N_BITS, sigma_r=1.0, draws=4)
+    assert same["forget"]["share_of_rise"] is None and same["forget"]["shift_sigma"] == pytest.approx(0.0)
 
 
 def test_frechet_distance_zero_for_same_and_grows_with_shift() -> None:
