@@ -126,6 +126,9 @@ def _print_figures(report: dict[str, Any], job: dict[str, Any]) -> None:
     shift = (metrics.get("bpd_shift_sigma") or {}).get("forget_holdout")
     if shift is not None:  # the fair measure for unseen photos (their quantiles are against training images)
         lines.append(f"held-out photos moved   {_fmt(shift, 2)} σ_R up in bpd")
+    share = ((metrics.get("discrete_likelihood") or {}).get("forget") or {}).get("share_of_rise")
+    if share is not None:  # how much of D_F's bpd rise is a real fall in probability
+        lines.append(f"rise kept, discrete bpd {_fmt(100 * share, 0)} %")
     lines.append(f"bpd remember            {_fmt(bpd.get('before'))} -> {_fmt(bpd.get('after'))}")
     lines.append(f"wall seconds            {_fmt(report.get('timing', {}).get('wall_seconds'), 1)}")
     click.echo("\n".join(lines))
