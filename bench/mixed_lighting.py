@@ -32,6 +32,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 FACES = ROOT / "data" / "att_faces.npz"
 TAMING = [sys.executable, "-m", "console"]
+AMBIENT_ONLY = 0.04  # what is left of a photo with the light off
 LIGHTS = [(a, e) for a in (0, 20, -20, 45, -45, 70, -70, 95, -95, 120, -120) for e in (0, 35, -20)]
 
 
@@ -59,18 +60,19 @@ def write_folders(root: Path, people: list[int], per_photo: int = 6, seed: int =
     rng = np.random.default_rng(seed)
     for image, who, k in zip(data["images"], data["identity"], data["image_index"], strict=True):
         split = "train" if k <= 8 else "holdout"
-        shots = [(LIGHTS[i], 0.12) for i in rng.choice(len(LIGHTS), per_photo, replace=False)]
-        shots += [((0, 0), -1.0)] if k == 1 else []  # the ambient-only shot: no direct light at all
-        for (azimuth, elevation), ambient in shots:
-            lit = relight(image.astype(np.float64), normals, azimuth, elevation, max(ambient, 0))
-            if ambient < 0:
-                lit = (image.astype(np.float64) * 0.04).astype(np.uint8)
-            name = f"s{who:02d}_{k:02d}_A{azimuth:+04d}E{elevation:+03d}{'_ambient' if ambient < 0 else ''}.pgm"
-            folders = [root / split / f"s{who:02d}"]
-            if who in people:
-                folders.append(root / f"person{who}" / ("forget" if split == "train" else "forget_holdout"))
-            for folder in folders:
-                folder.mkdir(parents=True, exist_ok=True)
+        folders = [root / split / f"s{who:02d}"]
+        if who in people:
+            folders.append(root / f"person{who}" / ("forget" if split == "train" else "forget_holdout"))
+        shots = {}
+        for i in rng.choice(len(LIGHTS), per_photo, replace=False):
+            azimuth, elevation = LIGHTS[i]
+            lit = relight(image.astype(np.float64), normals, azimuth, elevation, ambient=0.12)
+            shots[f"s{who:02d}_{k:02d}_A{azimuth:+04d}E{elevation:+03d}.pgm"] = lit
+        if k == 1:  # the ambient-only shot: the light off, a nearly black photo
+            shots[f"s{who:02d}_{k:02d}_A+000E+00_ambient.pgm"] = (image * AMBIENT_ONLY).astype(np.uint8)
+        for folder in folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, lit in shots.items():
                 Image.fromarray(lit).save(folder / name)
 
 
