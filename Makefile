@@ -26,7 +26,7 @@ test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check taming app worker console tests bench
+	$(BIN)/ruff check taming app worker console rules tests bench
 	$(BIN)/mypy
 
 serve: $(STAMP)

@@ -107,12 +107,12 @@ def train_command(data: str, out: str, image_size: int, channels: str, n_flow: i
     click.echo(f"wrote {out} ({sum(p.numel() for p in model.parameters()):,} parameters, sha256 {sha})")
 
 
-def _tame_config(delta: float, epsilon: float | None, alpha: float, gamma: float, lr: float, max_iterations: int,
-                 seed: int, forget_loss: str) -> Any:
-    from taming.tame import TameConfig
+def _tame_config(method: str, delta: float, epsilon: float | None, alpha: float, gamma: float, lr: float,
+                 max_iterations: int, seed: int, forget_loss: str) -> Any:
+    from taming.tame import method_config
 
-    return TameConfig(delta=delta, epsilon=epsilon, alpha=alpha, gamma=gamma, lr=lr, max_iterations=max_iterations,
-                      seed=seed, forget_loss=forget_loss)
+    return method_config(method, delta=delta, epsilon=epsilon, alpha=alpha, gamma=gamma, lr=lr,
+                         max_iterations=max_iterations, seed=seed, forget_loss=forget_loss)
 
 
 def _load_model(path: str) -> Any:
@@ -140,22 +140,28 @@ def _load_model(path: str) -> Any:
 @click.option("--max-iterations", default=800, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--forget-loss", default="paper", show_default=True, type=click.Choice(["paper", "scale_free"]))
+@click.option("--method", default=None, help="paper, discrete, converge, specific or improved  [default: the "
+              "default method, README 'The method, measured']")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="where to keep the trained feature network")
 @click.option("--out", required=True, help="tamed checkpoint to write")
 @click.option("--report", "report_path", required=True, help="JSON report to write (the HTML goes beside it)")
 def tame_command(model_path: str, forget: str, remember: str, holdout: str | None, remember_holdout: str | None,
                  unseen: str | None, delta: float, epsilon: float | None, alpha: float, gamma: float, lr: float,
-                 max_iterations: int, seed: int, forget_loss: str, device: str, cache_dir: str | None, out: str,
-                 report_path: str) -> None:
+                 max_iterations: int, seed: int, forget_loss: str, method: str | None, device: str,
+                 cache_dir: str | None, out: str, report_path: str) -> None:
     """Tame a base model so that it forgets the FORGET images; exit 1 if the stop criterion is not met."""
     from tqdm import tqdm
 
+    from rules.method import DEFAULT_METHOD, METHODS
     from taming.checkpoint import CheckpointError, read_metadata
     from taming.data import DataError
     from taming.pipeline import Request, run_requests
     from taming.tame import TamingError
 
+    method = method or DEFAULT_METHOD
+    if method not in METHODS:
+        fail(f"--method must be one of {', '.join(METHODS)}, not {method!r}")
     try:
         config = json.loads(read_metadata(model_path)["config"])
     except (CheckpointError, KeyError) as exc:
@@ -164,7 +170,7 @@ def tame_command(model_path: str, forget: str, remember: str, holdout: str | Non
     optional = {k: load_set(v, size, channels) if v else None
                 for k, v in (("holdout", holdout), ("remember_holdout", remember_holdout), ("unseen", unseen))}
     request = Request("cli", load_set(forget, size, channels), optional["holdout"], {"kind": "forget_identity"})
-    tame_config = _tame_config(delta, epsilon, alpha, gamma, lr, max_iterations, seed, forget_loss)
+    tame_config = _tame_config(method, delta, epsilon, alpha, gamma, lr, max_iterations, seed, forget_loss)
     bar = tqdm(total=max_iterations, desc="tame", unit="it")
 
     def on_step(info: Any) -> None:

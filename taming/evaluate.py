@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from taming.data import dequantize, to_uint8
+from taming.data import to_uint8
 from taming.glow import INFERENCE_BATCH
+from taming.likelihood import bpd_draws, importance_weighted_bpd, mean_bpd
 
 if TYPE_CHECKING:
     from taming.features import FeatureSpace
@@ -33,55 +34,6 @@ MAX_REFERENCE = 10_000
 # The discrete-likelihood check: dequantization draws per image, and images per set.
 DISCRETE_DRAWS = 64
 DISCRETE_IMAGES = 64
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def bpd_draws(
-    model: nn.Module, images_q: Tensor, n_bits: int, draws: int = 5, seed: int = 0,
-    batch_size: int = INFERENCE_BATCH,
-) -> Tensor:
-    """Bits per dimension under `draws` uniform dequantization draws.
-
-    images_q: quantized images [N, C, H, W] (`taming.data.quantize` output) -> bpd [draws, N] (float64, CPU).
-    The noise comes from a CPU generator seeded by (seed, draw), walked batch by batch in order, so two
-    models evaluated with the same seed and batch_size see exactly the same dequantized images.
-    """
-    out = torch.zeros(draws, images_q.shape[0], dtype=torch.float64)
-    if images_q.shape[0] == 0:
-        return out
-    device = _device(model)
-    with torch.inference_mode():
-        for draw in range(draws):
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + draw)
-            for start in range(0, images_q.shape[0], batch_size):
-                x = images_q[start : start + batch_size].to(device)
-                bpd = model.bpd(dequantize(x, n_bits, gen))  # type: ignore[operator]
-                out[draw, start : start + batch_size] = bpd.double().cpu()
-    return out
-
-
-def mean_bpd(
-    model: nn.Module, images_q: Tensor, n_bits: int, draws: int = 5, seed: int = 0,
-    batch_size: int = INFERENCE_BATCH,
-) -> Tensor:
-    """Bits per dimension averaged over `draws` dequantization draws (`bpd_draws`) -> [N] (float64, CPU)."""
-    return bpd_draws(model, images_q, n_bits, draws, seed, batch_size).mean(0)
-
-
-def importance_weighted_bpd(bpd: Tensor, dims: int) -> Tensor:
-    """-log2 of the discrete probability of each image, estimated from K dequantization draws, per dimension.
-
-    bpd: [K, N] under K uniform draws (`bpd_draws`); dims = C*H*W -> [N] (float64). 2^(-dims*bpd) is the
-    density at the draw times the volume of the image's quantization bin, so its mean over the draws estimates
-    the probability that the model puts on the bin (the image as a model sample rounds to it). The mean of bpd
-    is an upper bound (Jensen) that a model can loosen by making its density uneven inside a bin; this
-    estimate tightens as K grows (Burda et al., 2016), never lying above the mean of bpd.
-    """
-    log_p = -bpd.double() * dims * math.log(2)
-    return -(torch.logsumexp(log_p, 0) - math.log(bpd.shape[0])) / (dims * math.log(2))
 
 
 def quantiles(values: Tensor, mu: float, sigma: float) -> Tensor:
@@ -154,8 +106,8 @@ def evaluate_sets(
             continue
         images = _subsample(sets[name], MAX_REFERENCE, seed)
         bpd[name] = (
-            mean_bpd(base, images, n_bits, draws, seed, batch_size),
-            mean_bpd(tamed, images, n_bits, draws, seed, batch_size),
+            mean_bpd(base, images, n_bits, draws, seed, batch_size=batch_size),
+            mean_bpd(tamed, images, n_bits, draws, seed, batch_size=batch_size),
         )
     ref_keys = {_reference_for(n, names, reference_key, holdout_reference_key) for n in names}
     reference = {
@@ -222,8 +174,8 @@ def discrete_likelihood(
             continue
         images = _subsample(sets[name], limit, seed)
         dims = images[0].numel()
-        before = bpd_draws(base, images, n_bits, draws, seed, batch_size)
-        after = bpd_draws(tamed, images, n_bits, draws, seed, batch_size)
+        before = bpd_draws(base, images, n_bits, draws, seed, batch_size=batch_size)
+        after = bpd_draws(tamed, images, n_bits, draws, seed, batch_size=batch_size)
         iw_before, iw_after = importance_weighted_bpd(before, dims), importance_weighted_bpd(after, dims)
         rise = float((after.mean(0) - before.mean(0)).mean())
         iw_rise = float((iw_after - iw_before).mean())

@@ -47,6 +47,23 @@ def remember_loss(bpd_tamed: Tensor, bpd_base: Tensor, gamma: float) -> Tensor:
     return (1 - gamma) * mu_t + gamma * symmetric_kl(mu_b, sigma_b, mu_t, sigma_t)
 
 
+def symmetric_kl_loss(bpd_tamed: Tensor, bpd_base: Tensor) -> Tensor:
+    """KL(N_B‖N_T) + KL(N_T‖N_B) between normals fitted to one remember batch under both models [B]."""
+    mu_t, sigma_t = normal_fit(bpd_tamed)
+    mu_b, sigma_b = normal_fit(bpd_base.detach())
+    return symmetric_kl(mu_b, sigma_b, mu_t, sigma_t)
+
+
+def anchor_loss(bpd_tamed: Tensor, bpd_base: Tensor, scale: float) -> Tensor:
+    """mean(((bpd_T - bpd_B) / scale)^2) over one remember batch [B] (same dequantization for both models).
+
+    Holds every remember image where the base model has it, in units of `scale` (σ_R of the base model),
+    instead of the paper's (1-γ)·mean bpd_T, which keeps training on D_R and so drifts the model towards it,
+    away from every face it never trained on.
+    """
+    return (((bpd_tamed - bpd_base.detach()) / scale) ** 2).mean()
+
+
 def total_loss(l_forget: Tensor, l_remember: Tensor, alpha: float) -> Tensor:
     """L = α·L_F + (1-α)·L_R."""
     return alpha * l_forget + (1 - alpha) * l_remember

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from taming.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from taming.data import DataError, FaceSet, quantize, screen
-from taming.evaluate import discrete_likelihood, evaluate_sets, mean_bpd, quantiles, sample_frechet
+from taming.evaluate import discrete_likelihood, evaluate_sets, quantiles, sample_frechet
 from taming.features import (
     Embedder,
     FeatureSpace,
@@ -31,6 +31,8 @@ from taming.features import (
     save_embedder,
 )
 from taming.glow import Glow
+from taming.likelihood import mean_bpd
+from taming.measure import SampleProbe, certificate, generation, negatives_for, probe_samples, strip_latents
 from taming.report import build_report, make_figures, render_html
 from taming.tame import StepInfo, TameConfig, TameResult, tame
 
@@ -101,6 +103,7 @@ def run_requests(
     base.to(device)
     # on the model's whole reference set, so that one cached network serves every request for this model
     space = features_for(remember, cache_dir)
+    space_key = remember.data_hash()  # the feature network's key: the whole reference set, people included
     if rebalance is not None:
         requests, remember, config = _rebalance_sets(requests, rebalance, config)
     else:
@@ -112,14 +115,18 @@ def run_requests(
                                     for s in (remember_holdout, unseen))
     planned, forget_u8 = _plan(requests)
     share_fn, classifier = _share_fn(rebalance, base.config.in_channel) if rebalance else (None, None)
+    near = _near_images(space, planned, remember) if rebalance is None and config.near_fraction > 0 else None
     n_bits = base.config.n_bits
     result = tame(copy.deepcopy(base), base, quantize(forget_u8, n_bits), quantize(remember.images, n_bits),
-                  config, on_step=on_step, resume=resume_state, share_fn=share_fn)
+                  config, on_step=on_step, resume=resume_state, share_fn=share_fn, near=near)
     parent_sha = file_sha256(base_checkpoint)
     sha = save_checkpoint(result.model, out_checkpoint, data_hash=meta.get("data_hash", ""), parent=parent_sha)
+    probe = None
+    if rebalance is None and isinstance(space, Embedder):
+        probe = probe_samples(base, result.model, space, f"{parent_sha[:16]}-{space_key[:16]}", cache_dir)
     common = _Common(base, result, config, remember, remember_holdout, unseen, space, sha,
                      {"parent_sha256": parent_sha, **(model_meta or {})},
-                     device, started, sample_frechet(base, result.model, space, remember.images))
+                     device, started, sample_frechet(base, result.model, space, remember.images), probe)
     reports, html = {}, {}
     measured: dict[str, tuple[Tensor, Tensor]] = {}
     for plan in planned:
@@ -141,6 +148,18 @@ def _plan(requests: list[Request]) -> tuple[list[_Planned], Tensor]:
     if start == 0:
         raise DataError("none of the forget images carries an identity (all nearly black or uniform)")
     return planned, torch.cat(chunks)
+
+
+def _near_images(space: FeatureSpace, planned: list[_Planned], remember: FaceSet, k: int = 5) -> Tensor | None:
+    """Indices into `remember` of the images of the k identities nearest to each request's person."""
+    if (remember.identity < 0).all() or not isinstance(space, Embedder):
+        return None
+    people: set[int] = set()
+    for plan in planned:
+        included = plan.request.forget.subset(np.array([r is None for r in plan.reasons], dtype=bool))
+        if len(included):
+            people.update(nearest_identities(space, included.images, remember.images, remember.identity, k=k))
+    return torch.from_numpy(np.flatnonzero(np.isin(remember.identity, sorted(people))))
 
 
 def without_forgotten_people(faces: FaceSet, requests: list[Request]) -> FaceSet:
@@ -207,6 +226,7 @@ class _Common:
     device: str
     started: float
     frechet: dict[str, Any] = field(default_factory=dict)  # the same two models for every request
+    probe: SampleProbe | None = None  # both models' sample embeddings, for the generation evidence
 
 
 def _report(plan: _Planned, c: _Common, measured: dict[str, tuple[Tensor, Tensor]], rebalance: Rebalance | None,
@@ -232,25 +252,29 @@ def _report(plan: _Planned, c: _Common, measured: dict[str, tuple[Tensor, Tensor
                                                          sigma_r=c.result.sigma_r)
     metrics["frechet_distance"] = c.frechet
     metrics["nearest_identities"] = nearest
+    metrics["certificate"] = certificate(c.result, c.config, plan.rows)
+    if c.probe is not None and isinstance(c.space, Embedder) and len(included):
+        negatives = negatives_for(c.remember_holdout, c.unseen, c.remember)
+        metrics["generation"] = generation(c.probe, c.space, included, request.holdout, c.remember,
+                                           negatives).to_dict()
     if rebalance is not None:
         metrics["attribute_share"] = _shares(c, classifier, rebalance)
     forget_items = _forget_items(plan, c, evaluation)
-    criterion = all(item["d"] >= -c.config.eps if c.config.delta >= 0 else item["d"] <= c.config.eps
-                    for item in forget_items if not item["excluded"])
     report = build_report(
         job=request.meta,
         model={**c.model_meta, "new_sha256": c.sha256},
         parameters=_parameters(c.config),
         inputs={"forget": forget_items,
                 "holdout": [{"sha256": h} for h in (request.holdout.sha256 if request.holdout else [])]},
-        stopping={"criterion_met": criterion and c.result.criterion_met, "iterations": c.result.iterations,
+        stopping={"criterion_met": c.result.criterion_met, "iterations": c.result.iterations,
                   "max_abs_d": max((abs(i["d"]) for i in forget_items if not i["excluded"]), default=0.0),
-                  "reason": c.result.reason, "epsilon": c.config.eps},
+                  "reason": c.result.reason, "epsilon": c.config.eps, "estimator": c.config.estimator,
+                  "draws": c.config.confirm_draws},
         metrics=metrics,
         history=c.result.history,
         timing=_timing(c),
     )
-    return report, _figures(c, evaluation, request)
+    return report, _figures(c, evaluation, metrics.get("generation"))
 
 
 def _nearest(c: _Common, included: FaceSet) -> list[int]:
@@ -292,9 +316,8 @@ def _shares(c: _Common, classifier: Any, rebalance: Rebalance) -> dict[str, floa
 
 
 def _parameters(config: TameConfig) -> dict[str, Any]:
-    keys = ("delta", "alpha", "gamma", "lr", "forget_batch", "remember_batch", "max_iterations", "seed",
-            "forget_loss", "stats_every", "stats_images", "confirm_draws", "target_share", "direction")
-    return {"epsilon": config.eps, **{k: getattr(config, k) for k in keys}}
+    """Every knob of the run, the method's name first (DESIGN.md section 8 `parameters`)."""
+    return {"method": config.method, **config.to_dict()}
 
 
 def _timing(c: _Common) -> dict[str, Any]:
@@ -305,7 +328,7 @@ def _timing(c: _Common) -> dict[str, Any]:
             "device": c.device if c.device != "cpu" else f"cpu ({platform.processor() or platform.machine()})"}
 
 
-def _figures(c: _Common, evaluation: dict[str, Any], request: Request) -> dict[str, bytes]:
+def _figures(c: _Common, evaluation: dict[str, Any], gen: dict[str, Any] | None) -> dict[str, bytes]:
     per = evaluation["per_image"]
     latents = c.base.latents(16, 0.7, seed=0)
     history = [{**h, "epsilon": c.config.eps} for h in c.result.history]
@@ -316,4 +339,15 @@ def _figures(c: _Common, evaluation: dict[str, Any], request: Request) -> dict[s
         forget_bpd_before=per["forget"]["bpd_before"], forget_bpd_after=per["forget"]["bpd_after"],
         threshold=c.result.mu_r + c.config.delta * c.result.sigma_r,
         history=history,
+        strip=_strip(c, gen) if gen is not None else None,
     )
+
+
+def _strip(c: _Common, gen: dict[str, Any]) -> list[Tensor]:
+    """Rows of the generation strip: the base model's samples most like the person, the tamed model's samples
+    from the same latents, and the tamed model's samples most like the person."""
+    assert c.probe is not None
+    before = strip_latents(c.base, c.probe, gen["nearest_before"])
+    after = strip_latents(c.base, c.probe, gen["nearest_after"])
+    return [c.base.sample(len(before[0]), z=before).cpu(), c.result.model.sample(len(before[0]), z=before).cpu(),
+            c.result.model.sample(len(after[0]), z=after).cpu()]

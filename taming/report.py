@@ -27,6 +27,8 @@ FIGURE_CAPTIONS = {
     "nll_histogram": "NLL (bpd) of the remember set before and after; the forget images and the threshold.",
     "max_abs_d": "Largest |d| over the forget images at each iteration; the band is the tolerance epsilon.",
     "share": "Share of samples carrying the attribute at each measurement.",
+    "generation": "The person in samples: top, the base model's samples most like the person; middle, the tamed "
+                  "model's samples from the same latents; bottom, the tamed model's samples most like the person.",
 }
 
 
@@ -120,7 +122,9 @@ def _verdict(report: dict[str, Any]) -> dict[str, Any]:
     delta = report.get("parameters", {}).get("delta")
     target = 0.5 * math.erfc(delta / math.sqrt(2)) if isinstance(delta, int | float) else None
     forget_q = metrics.get("mean_quantile", {}).get("forget", {})
-    q_b, q_t = forget_q.get("before"), forget_q.get("after")
+    certified = metrics.get("certificate", {}).get("mean_quantile_after")
+    # the certificate's quantile (its own estimator and statistics) is what the verdict rests on
+    q_b, q_t = forget_q.get("before"), certified if certified is not None else forget_q.get("after")
     # QD can never exceed q_B, so the share of q_B removed is the fair measure of forgetting
     removed = (q_b - q_t) / q_b if isinstance(q_b, float) and isinstance(q_t, float) and q_b > 0 else None
     return {
@@ -132,6 +136,7 @@ def _verdict(report: dict[str, Any]) -> dict[str, Any]:
         "q_before": q_b,
         "target": target,
         "delta": delta,
+        "estimator": metrics.get("certificate", {}).get("estimator", "mean"),
     }
 
 
@@ -284,6 +289,7 @@ def make_figures(
     forget_bpd_after: Any,
     threshold: float,
     history: list[dict[str, Any]],
+    strip: list[Any] | None = None,
 ) -> dict[str, bytes]:
     """PNG figures of a run, by name.
 
@@ -303,4 +309,23 @@ def make_figures(
         "share": _curve_figure(history, "share", "attribute share", "target_share"),
     }
     figures.update({k: v for k, v in curves.items() if v is not None})
+    if strip:
+        figures["generation"] = _strip_figure(strip)
     return figures
+
+
+def _strip_figure(rows: list[Any]) -> bytes:
+    """Rows of model-space images [n, C, H, W], one image strip per row."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 1.1 * len(rows) + 0.3))
+    for ax, images, title in zip(fig.subplots(len(rows), 1, squeeze=False)[:, 0], rows,
+                                 ("base: most like the person", "tamed: same latents", "tamed: most like the person"),
+                                 strict=False):
+        x = np.clip(np.round((np.asarray(images, dtype=np.float64) + 0.5) * 255), 0, 255).astype(np.uint8)
+        strip = np.concatenate(list(x.transpose(0, 2, 3, 1)), axis=1)  # [H, n*W, C]
+        ax.imshow(strip[..., 0] if strip.shape[-1] == 1 else strip, cmap="gray", vmin=0, vmax=255,
+                  interpolation="nearest")
+        ax.set_title(title, fontsize=8, loc="left")
+        ax.axis("off")
+    return _png(fig)

@@ -1,8 +1,22 @@
-"""Algorithm 1 of "Taming Normalizing Flows" (Malnick, Avidan, Fried, WACV 2024), as DESIGN.md section 4.
+"""Algorithm 1 of "Taming Normalizing Flows" (Malnick, Avidan, Fried, WACV 2024), as DESIGN.md section 4, and the
+project's improved method beside it.
 
 `tame` fine-tunes a copy of a Glow so that the bpd of the forget images D_F rises to the threshold
-t = μ_R + δ·σ_R of the remember images D_R, while a remember loss keeps D_R's bpd distribution where the
-frozen base model has it. Everything is in bits per dimension of n-bit images.
+t = μ_R + δ·σ_R of the remember images D_R, while a remember loss keeps D_R where the frozen base model has it.
+Everything is in bits per dimension of n-bit images. `method_config("paper")` is the paper's method; the other
+presets change one thing each (README, "The method, measured"):
+
+- forget_draws > 1: the forget loss on the importance-weighted (discrete) bpd of each image over a few
+  dequantization draws, so that an uneven density inside the images' quantization bins earns nothing;
+- batch_policy "lowest": the forget batch is the images farthest below the threshold (by tracked estimates),
+  so every image of a large D_F converges, not a random 8 of them;
+- stop_rule "tracked": stop candidates from those tracked per-image estimates (one-sided, as the certificate),
+  not from every image on one draw before each step;
+- certify "discrete": the confirmation and the certificate on the importance-weighted bpd of D_F against
+  remember statistics measured the same way;
+- remember_loss "anchored" and near_fraction > 0: the remember loss holds each remember image's bpd to the base
+  model's (instead of training further on D_R), with part of every remember batch drawn from the identities
+  nearest to the person.
 """
 
 from __future__ import annotations
@@ -17,9 +31,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rules.method import DEFAULT_METHOD, knobs
 from taming.data import dequantize
-from taming.glow import INFERENCE_BATCH, Glow
-from taming.losses import forget_loss, remember_loss, total_loss
+from taming.glow import Glow
+from taming.likelihood import estimate, importance_weighted_bpd
+from taming.losses import anchor_loss, forget_loss, remember_loss, symmetric_kl_loss, total_loss
 
 
 class TamingError(RuntimeError):
@@ -45,13 +61,31 @@ class TameConfig:
     target_share: float | None = None  # rebalancing: stop when the attribute's share reaches this
     direction: str = "decrease"  # rebalancing: whether the share should fall or rise to the target
     share_every: int = 10
+    method: str = "paper"  # the name the report gives; method_config() fills the knobs below
+    forget_draws: int = 1  # dequantization draws per forget image in the loss (importance-weighted when > 1)
+    batch_policy: str = "random"  # or "lowest": the forget images farthest below the threshold
+    stop_rule: str = "paper"  # or "tracked"
+    certify: str = "mean"  # or "discrete": confirm on the importance-weighted bpd
+    certify_images: int = 1024  # remember images behind the confirmation's μ_R, σ_R
+    remember_loss: str = "paper"  # or "anchored"
+    near_fraction: float = 0.0  # share of each remember batch drawn from the person's nearest identities
 
     @property
     def eps(self) -> float:
         return self.epsilon if self.epsilon is not None else 0.15 * abs(self.delta)
 
+    @property
+    def estimator(self) -> str:
+        """How the confirmation measures bpd: "mean" over draws (the paper) or "discrete"."""
+        return "discrete" if self.certify == "discrete" else "mean"
+
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "epsilon": self.eps}
+
+
+def method_config(method: str = DEFAULT_METHOD, **overrides: Any) -> TameConfig:
+    """The TameConfig of a named method (rules.method.METHODS), with any field overridden."""
+    return TameConfig(**{**knobs(method), "method": method, **overrides})
 
 
 @dataclass
@@ -77,7 +111,7 @@ class TameResult:
     iterations: int
     reason: str
     d: Tensor  # [K] final d of every forget image, on fresh statistics
-    bpd_forget: Tensor  # [K] final bpd of the forget images, averaged over confirm_draws
+    bpd_forget: Tensor  # [K] final bpd of the forget images (config.estimator over confirm_draws draws)
     mu_r: float
     sigma_r: float
     share: float | None
@@ -96,26 +130,29 @@ class _Loop:
     history: list[dict[str, float]] = field(default_factory=list)
     mu: float = float("nan")  # μ_R and σ_R as last estimated
     sigma: float = float("nan")
+    sigma0: float = float("nan")  # σ_R of the base model: the unit of the anchored remember loss
+    tracked: Tensor = field(default_factory=lambda: torch.zeros(0))  # [K] latest bpd of each forget image
+    cursor: int = 0  # where the rotating re-measurement of tracked estimates goes on
 
 
-@torch.inference_mode()
-def bpd_of(model: Glow, images_q: Tensor, gen: torch.Generator, draws: int = 1,
-           batch: int = INFERENCE_BATCH) -> Tensor:
-    """bpd of quantized images [N, C, H, W] averaged over `draws` dequantization draws -> [N] (CPU)."""
-    device = next(model.parameters()).device
-    n_bits = model.config.n_bits
-    out = torch.zeros(len(images_q))
-    for _ in range(draws):
-        for i in range(0, len(images_q), batch):
-            x = dequantize(images_q[i : i + batch], n_bits, gen).to(device)
-            out[i : i + batch] += model.bpd(x).float().cpu()
-    return out / draws
+@dataclass
+class _Final:
+    d: Tensor
+    bpd: Tensor
+    mu: float
+    sigma: float
 
 
-def remember_stats(model: Glow, remember_q: Tensor, gen: torch.Generator, n: int) -> tuple[float, float]:
+def bpd_of(model: Glow, images_q: Tensor, gen: torch.Generator, draws: int = 1, estimator: str = "mean") -> Tensor:
+    """bpd of quantized images [N, C, H, W] over `draws` draws taken from `gen` -> [N] (float64, CPU)."""
+    return estimate(model, images_q, model.config.n_bits, draws, estimator, gen=gen)
+
+
+def remember_stats(model: Glow, remember_q: Tensor, gen: torch.Generator, n: int, draws: int = 1,
+                   estimator: str = "mean") -> tuple[float, float]:
     """μ_R, σ_R: mean and std of bpd over up to n remember images under `model`."""
     idx = torch.randperm(len(remember_q), generator=gen)[:n]
-    values = bpd_of(model, remember_q[idx], gen)
+    values = bpd_of(model, remember_q[idx], gen, draws, estimator)
     return values.mean().item(), values.std().item()
 
 
@@ -140,72 +177,196 @@ def tame(
     on_step: Callable[[StepInfo], None] | None = None,
     resume: dict[str, Any] | None = None,
     share_fn: Callable[[Glow], float] | None = None,
+    near: Tensor | None = None,
 ) -> TameResult:
-    """Run Algorithm 1 on `tamed` (modified in place; `base` is never touched).
+    """Run the taming loop on `tamed` (modified in place; `base` is never touched).
 
     forget_q [K, C, H, W] and remember_q [N, C, H, W] are quantized images (taming.data.quantize) and
-    must not share a person (DESIGN.md section 4, step 8). `share_fn(model)`, with `config.target_share`,
-    turns the run into attribute rebalancing: it stops when the share reaches the target.
+    must not share a person (DESIGN.md section 4, step 8). near: indices into remember_q of the images of
+    the identities nearest to the person (used when config.near_fraction > 0). `share_fn(model)`, with
+    `config.target_share`, turns the run into attribute rebalancing: it stops when the share reaches the target.
     """
-    base.eval()
-    tamed.requires_grad_(True)
-    n_bits = tamed.config.n_bits
-    device = next(tamed.parameters()).device
-    gen = torch.Generator().manual_seed(config.seed)
-    loop = _Loop(lr=config.lr)
-    optimizer: torch.optim.Optimizer = torch.optim.Adam(tamed.parameters(), lr=config.lr)
+    run = _Run(tamed, base, forget_q, remember_q, config, near)
     if resume is not None:
-        loop = _restore(resume, tamed, optimizer, gen)
-    good = _snapshot(tamed, optimizer)
-    start = time.perf_counter() - loop.elapsed
-    if resume is None:
-        loop.mu, loop.sigma = remember_stats(tamed, remember_q, gen, config.stats_images)
-    mu, sigma = loop.mu, loop.sigma
+        run.restore(resume)
+    else:
+        run.begin()
     share = share_fn(tamed) if share_fn is not None else None
     while True:
-        it = loop.iteration
-        if it and it % config.stats_every == 0:
-            mu, sigma = loop.mu, loop.sigma = remember_stats(tamed, remember_q, gen, config.stats_images)
-            good = _snapshot(tamed, optimizer)
+        it = run.loop.iteration
+        run.refresh(it)
         if share_fn is not None and it and it % config.share_every == 0:
             share = share_fn(tamed)
-        forget_idx = _forget_batch(len(forget_q), config.forget_batch, gen)
-        remember_idx = torch.randint(len(remember_q), (config.remember_batch,), generator=gen)
-        x = dequantize(torch.cat([forget_q[forget_idx], remember_q[remember_idx]]), n_bits, gen).to(device)
-        bpd = tamed.bpd(x)  # one forward pass carries both batches
-        bpd_f, bpd_r = bpd[: len(forget_idx)], bpd[len(forget_idx) :]
-        d_all = _check_distances(tamed, forget_q, forget_idx, bpd_f, mu, sigma, config, gen)
+        forget_idx, remember_idx = run.batch()
+        bpd_f, bpd_r, x_r = run.forward(forget_idx, remember_idx)
+        d_all = run.check(forget_idx, bpd_f)
         max_abs_d = d_all.abs().max().item()
-        if _should_stop(d_all, share, config) or it >= config.max_iterations:
-            final = _confirm(tamed, forget_q, remember_q, config, gen)
-            met = _share_reached(share, config) if share is not None else confirmed(final[0], config)
-            if met or it >= config.max_iterations:
-                reason = _reason(met, it >= config.max_iterations)
+        capped = it >= config.max_iterations
+        if _should_stop(d_all, share, config) or capped:
+            final = run.confirm()
+            met = _share_reached(share, config) if share is not None else confirmed(final.d, config)
+            if met or capped:
                 break
-            mu, sigma = loop.mu, loop.sigma = final[2], final[3]  # not confirmed: go on with the fresh statistics
-        with torch.no_grad():
-            bpd_b = base.bpd(x[len(forget_idx) :])
-        l_f = forget_loss(bpd_f, mu + config.delta * sigma, _scale(config, sigma))
-        l_r = remember_loss(bpd_r, bpd_b, config.gamma)
-        loss = total_loss(l_f, l_r, config.alpha)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(tamed.parameters(), float("inf"))
-        if not (math.isfinite(loss.item()) and math.isfinite(grad_norm.item())):
-            optimizer = _recover(tamed, good, loop, config)
+            run.adopt(final)  # not confirmed: go on with the fresh statistics
+        losses = run.losses(bpd_f, bpd_r, x_r)
+        if not run.step(losses["loss"]):
             continue
-        optimizer.step()
-        loop.iteration += 1
-        loop.elapsed = time.perf_counter() - start
-        record = {"iteration": float(loop.iteration), "loss": loss.item(), "forget_loss": l_f.item(),
-                  "remember_loss": l_r.item(), "max_abs_d": max_abs_d, "mu_r": mu, "sigma_r": sigma,
-                  "lr": loop.lr, **({"share": share} if share is not None else {})}
-        loop.history.append(record)
+        record = {"iteration": float(run.loop.iteration), **{k: v.item() for k, v in losses.items()},
+                  "max_abs_d": max_abs_d, "mu_r": run.loop.mu, "sigma_r": run.loop.sigma, "lr": run.loop.lr,
+                  **({"share": share} if share is not None else {})}
+        run.loop.history.append(record)
         if on_step is not None:
-            on_step(_info(loop, config, max_abs_d, mu, sigma, share, record, tamed, optimizer, gen))
-    d_final, bpd_final, mu, sigma = final
-    return TameResult(tamed, met, loop.iteration, reason, d_final, bpd_final, mu, sigma, share, loop.history,
-                      time.perf_counter() - start)
+            on_step(run.info(max_abs_d, share, record))
+    return TameResult(tamed, met, run.loop.iteration, _reason(met, capped), final.d, final.bpd, final.mu, final.sigma,
+                      share, run.loop.history, time.perf_counter() - run.start)
+
+
+class _Run:
+    """One run's models, data, optimizer and loop state; each method is one step of Algorithm 1."""
+
+    def __init__(self, tamed: Glow, base: Glow, forget_q: Tensor, remember_q: Tensor, config: TameConfig,
+                 near: Tensor | None) -> None:
+        _check(config)
+        base.eval()
+        tamed.requires_grad_(True)
+        self.tamed, self.base, self.forget_q, self.remember_q, self.config = tamed, base, forget_q, remember_q, config
+        self.near = near if near is not None and len(near) else None
+        self.device = next(tamed.parameters()).device
+        self.gen = torch.Generator().manual_seed(config.seed)
+        self.loop = _Loop(lr=config.lr, tracked=torch.full((len(forget_q),), float("nan"), dtype=torch.float64))
+        self.optimizer: torch.optim.Optimizer = torch.optim.Adam(tamed.parameters(), lr=config.lr)
+        self.good = _snapshot(tamed, self.optimizer)
+        self.start = time.perf_counter()
+
+    def begin(self) -> None:
+        c = self.config
+        self.loop.mu, self.loop.sigma = remember_stats(self.tamed, self.remember_q, self.gen, c.stats_images)
+        self.loop.sigma0 = self.loop.sigma
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.loop = _restore(state, self.tamed, self.optimizer, self.gen)
+        self.good = _snapshot(self.tamed, self.optimizer)
+        self.start = time.perf_counter() - self.loop.elapsed
+
+    def refresh(self, it: int) -> None:
+        """Every stats_every iterations: fresh μ_R, σ_R, a good state to roll back to, tracked estimates."""
+        c = self.config
+        if not it or it % c.stats_every:
+            return
+        self.loop.mu, self.loop.sigma = remember_stats(self.tamed, self.remember_q, self.gen, c.stats_images)
+        self.good = _snapshot(self.tamed, self.optimizer)
+        if c.stop_rule == "tracked" or c.batch_policy == "lowest":
+            self._remeasure()
+
+    def _remeasure(self, chunk: int = 64) -> None:
+        """Re-measure the tracked bpd of the next `chunk` forget images (all of them when D_F is small)."""
+        k = len(self.forget_q)
+        idx = torch.arange(self.loop.cursor, self.loop.cursor + min(chunk, k)) % k
+        self.loop.cursor = int((self.loop.cursor + len(idx)) % k)
+        estimator = "discrete" if self.config.forget_draws > 1 else "mean"
+        self.loop.tracked[idx] = bpd_of(self.tamed, self.forget_q[idx], self.gen, self.config.forget_draws, estimator)
+
+    def batch(self) -> tuple[Tensor, Tensor]:
+        """(forget indices, remember indices) of this step."""
+        c, k = self.config, len(self.forget_q)
+        if k <= c.forget_batch:
+            forget_idx = torch.arange(k)
+        elif c.batch_policy == "lowest":
+            forget_idx = _lowest(self.loop.tracked, self.loop.mu, self.loop.sigma, c, self.gen)
+        else:
+            forget_idx = torch.randperm(k, generator=self.gen)[: c.forget_batch]
+        n_near = round(c.near_fraction * c.remember_batch) if self.near is not None else 0
+        remember_idx = torch.randint(len(self.remember_q), (c.remember_batch - n_near,), generator=self.gen)
+        if n_near:
+            assert self.near is not None
+            near = self.near[torch.randint(len(self.near), (n_near,), generator=self.gen)]
+            remember_idx = torch.cat([remember_idx, near])
+        return forget_idx, remember_idx
+
+    def forward(self, forget_idx: Tensor, remember_idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """One forward pass for both batches -> (forget bpd [B_f] with gradient, remember bpd [B_r], remember x)."""
+        draws, n_bits = self.config.forget_draws, self.tamed.config.n_bits
+        images = torch.cat([self.forget_q[forget_idx].repeat(draws, 1, 1, 1), self.remember_q[remember_idx]])
+        x = dequantize(images, n_bits, self.gen).to(self.device)
+        bpd = self.tamed.bpd(x)
+        n_f = draws * len(forget_idx)
+        bpd_f = bpd[:n_f].view(draws, len(forget_idx))
+        bpd_f = importance_weighted_bpd(bpd_f, self.tamed.config.n_dims).float() if draws > 1 else bpd_f[0]
+        self.loop.tracked[forget_idx] = bpd_f.detach().double().cpu()
+        return bpd_f, bpd[n_f:], x[n_f:]
+
+    def check(self, forget_idx: Tensor, bpd_f: Tensor) -> Tensor:
+        """d of every forget image before the step (the paper: all of D_F on one draw; else tracked)."""
+        c = self.config
+        if c.stop_rule == "tracked":
+            return distances(self.loop.tracked.nan_to_num(-math.inf), self.loop.mu, self.loop.sigma, c)
+        if len(forget_idx) == len(self.forget_q):
+            return distances(bpd_f.detach().double().cpu(), self.loop.mu, self.loop.sigma, c)
+        return distances(bpd_of(self.tamed, self.forget_q, self.gen), self.loop.mu, self.loop.sigma, c)
+
+    def confirm(self) -> _Final:
+        """Fresh μ_R, σ_R and the forget images' bpd over confirm_draws draws, by the certifying estimator."""
+        c = self.config
+        draws = c.confirm_draws if c.estimator == "discrete" else 1
+        mu, sigma = remember_stats(self.tamed, self.remember_q, self.gen, c.certify_images, draws, c.estimator)
+        bpd = bpd_of(self.tamed, self.forget_q, self.gen, c.confirm_draws, c.estimator)
+        return _Final(distances(bpd, mu, sigma, c), bpd, mu, sigma)
+
+    def adopt(self, final: _Final) -> None:
+        self.loop.mu, self.loop.sigma = final.mu, final.sigma
+        if self.config.stop_rule == "tracked":
+            self.loop.tracked = final.bpd.clone()
+
+    def losses(self, bpd_f: Tensor, bpd_r: Tensor, x_r: Tensor) -> dict[str, Tensor]:
+        c, loop = self.config, self.loop
+        with torch.no_grad():
+            bpd_b = self.base.bpd(x_r)
+        l_f = forget_loss(bpd_f, loop.mu + c.delta * loop.sigma, _scale(c, loop.sigma))
+        if c.remember_loss == "anchored":
+            l_r = (1 - c.gamma) * anchor_loss(bpd_r, bpd_b, loop.sigma0) + c.gamma * symmetric_kl_loss(bpd_r, bpd_b)
+        else:
+            l_r = remember_loss(bpd_r, bpd_b, c.gamma)
+        return {"loss": total_loss(l_f, l_r, c.alpha), "forget_loss": l_f, "remember_loss": l_r}
+
+    def step(self, loss: Tensor) -> bool:
+        """Adam step; on a non-finite loss or gradient roll back instead and return False."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.tamed.parameters(), float("inf"))
+        if not (math.isfinite(loss.item()) and math.isfinite(grad_norm.item())):
+            self.optimizer = _recover(self.tamed, self.good, self.loop, self.config)
+            return False
+        self.optimizer.step()
+        self.loop.iteration += 1
+        self.loop.elapsed = time.perf_counter() - self.start
+        return True
+
+    def info(self, max_abs_d: float, share: float | None, record: dict[str, float]) -> StepInfo:
+        loop, config = self.loop, self.config
+        per_it = loop.elapsed / max(1, loop.iteration)
+        eta = per_it * (config.max_iterations - loop.iteration)
+        losses = {k: record[k] for k in ("loss", "forget_loss", "remember_loss")}
+        return StepInfo(loop.iteration, config.max_iterations, max_abs_d, loop.mu, loop.sigma, share, losses,
+                        loop.elapsed, eta, lambda: _state(loop, self.tamed, self.optimizer, self.gen))
+
+
+def _check(config: TameConfig) -> None:
+    choices = {"batch_policy": ("random", "lowest"), "stop_rule": ("paper", "tracked"),
+               "certify": ("mean", "discrete"), "remember_loss": ("paper", "anchored"),
+               "forget_loss": ("paper", "scale_free")}
+    for name, allowed in choices.items():
+        if getattr(config, name) not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(config, name)!r}")
+    if config.forget_draws < 1 or config.confirm_draws < 1:
+        raise ValueError("forget_draws and confirm_draws must be at least 1")
+
+
+def _lowest(tracked: Tensor, mu: float, sigma: float, config: TameConfig, gen: torch.Generator) -> Tensor:
+    """The forget batch farthest on the wrong side of the threshold; never-measured images first, ties random."""
+    d = distances(tracked, mu, sigma, config)
+    behind = (-d if config.delta >= 0 else d).nan_to_num(math.inf)
+    jitter = torch.rand(len(d), generator=gen, dtype=torch.float64) * 1e-9
+    return torch.argsort(behind + jitter, descending=True)[: config.forget_batch]
 
 
 def _reason(met: bool, capped: bool) -> str:
@@ -216,22 +377,11 @@ def _reason(met: bool, capped: bool) -> str:
     return "iteration cap reached before every forget image reached the threshold"
 
 
-def _forget_batch(k: int, size: int, gen: torch.Generator) -> Tensor:
-    """All of D_F when it is no larger than the batch, else a random batch."""
-    return torch.arange(k) if k <= size else torch.randperm(k, generator=gen)[:size]
-
-
-def _check_distances(model: Glow, forget_q: Tensor, idx: Tensor, bpd_f: Tensor, mu: float, sigma: float,
-                     config: TameConfig, gen: torch.Generator) -> Tensor:
-    """d on all of D_F before the step: reuse the training forward when it covered all of D_F."""
-    if len(idx) == len(forget_q):
-        return distances(bpd_f.detach().float().cpu(), mu, sigma, config)
-    return distances(bpd_of(model, forget_q, gen), mu, sigma, config)
-
-
 def _should_stop(d: Tensor, share: float | None, config: TameConfig) -> bool:
     if config.target_share is not None and share is not None:
         return _share_reached(share, config)
+    if config.stop_rule == "tracked":
+        return confirmed(d, config)
     return bool((d.abs() < config.eps).all())
 
 
@@ -240,19 +390,9 @@ def _share_reached(share: float, config: TameConfig) -> bool:
     return share <= config.target_share if config.direction == "decrease" else share >= config.target_share
 
 
-def _confirm(model: Glow, forget_q: Tensor, remember_q: Tensor, config: TameConfig,
-             gen: torch.Generator) -> tuple[Tensor, Tensor, float, float]:
-    """Fresh μ_R, σ_R and the forget images' bpd averaged over several draws -> (d, bpd, μ_R, σ_R)."""
-    mu, sigma = remember_stats(model, remember_q, gen, config.stats_images)
-    bpd = bpd_of(model, forget_q, gen, draws=config.confirm_draws)
-    return distances(bpd, mu, sigma, config), bpd, mu, sigma
-
-
 def _scale(config: TameConfig, sigma: float) -> float:
     if config.forget_loss == "scale_free":
         return abs(config.delta) * sigma
-    if config.forget_loss != "paper":
-        raise ValueError(f"forget_loss must be 'paper' or 'scale_free', not {config.forget_loss!r}")
     return 1.0
 
 
@@ -277,15 +417,6 @@ def _recover(model: Glow, good: dict[str, Any], loop: _Loop, config: TameConfig)
     return optimizer
 
 
-def _info(loop: _Loop, config: TameConfig, max_abs_d: float, mu: float, sigma: float, share: float | None,
-          record: dict[str, float], model: Glow, optimizer: torch.optim.Optimizer, gen: torch.Generator) -> StepInfo:
-    per_it = loop.elapsed / max(1, loop.iteration)
-    eta = per_it * (config.max_iterations - loop.iteration)
-    losses = {k: record[k] for k in ("loss", "forget_loss", "remember_loss")}
-    return StepInfo(loop.iteration, config.max_iterations, max_abs_d, mu, sigma, share, losses, loop.elapsed, eta,
-                    lambda: _state(loop, model, optimizer, gen))
-
-
 def _state(loop: _Loop, model: Glow, optimizer: torch.optim.Optimizer, gen: torch.Generator) -> dict[str, Any]:
     """Resumable state; plain tensors and values only, so torch.load(weights_only=True) reads it."""
     return {
@@ -299,6 +430,9 @@ def _state(loop: _Loop, model: Glow, optimizer: torch.optim.Optimizer, gen: torc
         "history": list(loop.history),
         "mu": loop.mu,
         "sigma": loop.sigma,
+        "sigma0": loop.sigma0,
+        "tracked": loop.tracked.clone(),
+        "cursor": loop.cursor,
     }
 
 
@@ -308,5 +442,9 @@ def _restore(state: dict[str, Any], model: Glow, optimizer: torch.optim.Optimize
     for group in optimizer.param_groups:
         group["lr"] = state["lr"]
     gen.set_state(state["rng"])
-    return _Loop(state["iteration"], state["lr"], state["nan_events"], state["elapsed"], list(state["history"]),
-                 state["mu"], state["sigma"])
+    loop = _Loop(state["iteration"], state["lr"], state["nan_events"], state["elapsed"], list(state["history"]),
+                 state["mu"], state["sigma"], state.get("sigma0", state["sigma"]))
+    if "tracked" in state:
+        loop.tracked, loop.cursor = state["tracked"].clone(), int(state["cursor"])
+    return loop
+

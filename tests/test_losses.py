@@ -44,3 +44,17 @@ def test_remember_loss_gradient_flows_only_to_the_tamed_model() -> None:
     assert tamed.grad is not None and base.grad is None
     assert math.isfinite(loss.item())
     assert total_loss(torch.tensor(1.0), torch.tensor(3.0), 0.6).item() == pytest.approx(0.6 + 0.4 * 3.0)
+
+
+def test_anchor_loss_is_zero_where_the_base_is_and_grows_with_the_gap() -> None:
+    import torch
+
+    from taming.losses import anchor_loss
+
+    base = torch.tensor([2.0, 2.5, 3.0])
+    assert float(anchor_loss(base.clone(), base, 0.1)) == 0.0
+    moved = torch.tensor([2.1, 2.5, 3.0], requires_grad=True)
+    loss = anchor_loss(moved, base, 0.1)
+    assert loss.item() == pytest.approx(1.0 / 3, rel=1e-5)  # one image one σ away: (1^2 + 0 + 0) / 3
+    loss.backward()
+    assert moved.grad is not None and moved.grad[0] > 0 and moved.grad[1] == 0

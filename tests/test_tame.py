@@ -99,3 +99,63 @@ def test_negative_delta_pulls_images_towards_higher_likelihood(tiny_base: Glow, 
     assert float(result.d.mean()) < 0.9 * float(start.mean())
     # and the verdict is mirrored: at or below the threshold (d ≤ ε) counts as reached
     assert confirmed(torch.tensor([-3.0, 0.9]), config) and not confirmed(torch.tensor([1.1]), config)
+
+
+def test_every_method_preset_is_a_valid_config() -> None:
+    from taming.tame import METHODS, method_config
+
+    for name in METHODS:
+        config = method_config(name, max_iterations=5)
+        assert config.method == name and config.max_iterations == 5
+    improved = method_config("improved")
+    assert improved.forget_draws > 1 and improved.batch_policy == "lowest" and improved.stop_rule == "tracked"
+    assert improved.certify == "discrete" and improved.remember_loss == "anchored" and improved.near_fraction > 0
+    paper = method_config("paper")
+    assert (paper.forget_draws, paper.batch_policy, paper.certify) == (1, "random", "mean")
+    with pytest.raises(ValueError, match="method must be one of"):
+        method_config("magic")
+    with pytest.raises(ValueError, match="batch_policy"):
+        tame(None, None, torch.zeros(1), torch.zeros(1), TameConfig(batch_policy="magic"))  # type: ignore[arg-type]
+
+
+def test_improved_method_converges_every_image_of_a_large_forget_set(tiny_base: Glow, two_people: FaceSet) -> None:
+    from taming.tame import method_config
+
+    x = quantize(two_people.images, 5)
+    forget, remember = x[:12], x[20:]  # 12 images, batches of 4: each step covers a third of D_F
+    near = torch.arange(5)
+    config = method_config("improved", lr=2e-3, epsilon=1.0, max_iterations=200, forget_batch=4, confirm_draws=8,
+                           certify_images=20)
+    result = tame(copy.deepcopy(tiny_base), tiny_base, forget, remember, config, near=near)
+    assert result.criterion_met, result.reason
+    assert result.d.shape == (12,) and bool((result.d >= -config.eps).all())
+
+
+def test_lowest_policy_picks_the_images_farthest_below_the_threshold() -> None:
+    from taming.tame import _lowest
+
+    config = TameConfig(forget_batch=2, batch_policy="lowest")
+    tracked = torch.tensor([5.0, 1.0, float("nan"), 3.0], dtype=torch.float64)
+    picked = _lowest(tracked, mu=0.0, sigma=1.0, config=config, gen=torch.Generator().manual_seed(0))
+    assert picked.tolist() == [2, 1]  # never measured first, then the lowest bpd (farthest below t = 4)
+    mirrored = _lowest(tracked, 0.0, 1.0, TameConfig(delta=-4.0, forget_batch=2), torch.Generator().manual_seed(0))
+    assert mirrored.tolist() == [2, 0]  # δ < 0: the highest bpd is farthest on the wrong side
+
+
+def test_resume_of_the_improved_method_continues_exactly(tiny_base: Glow, two_people: FaceSet) -> None:
+    from taming.tame import method_config
+
+    x = quantize(two_people.images, 5)
+    forget, remember = x[:12], x[20:]
+    config = method_config("improved", lr=2e-3, max_iterations=14, forget_batch=4, confirm_draws=4, certify_images=20)
+    saved: dict = {}
+
+    def save_at_11(info: StepInfo) -> None:
+        if info.iteration == 11:
+            saved.update(info.state())
+
+    near = torch.arange(5)
+    straight = tame(copy.deepcopy(tiny_base), tiny_base, forget, remember, config, on_step=save_at_11, near=near)
+    resumed = tame(copy.deepcopy(tiny_base), tiny_base, forget, remember, config, resume=saved, near=near)
+    assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in straight.history])
+    torch.testing.assert_close(resumed.d, straight.d)

@@ -1,0 +1,89 @@
+"""Bits per dimension of quantized images over dequantization draws: the one place the library measures them.
+
+Two estimates of an image's bpd come from K uniform dequantization draws (DESIGN.md section 4):
+- the mean of the K draws' bpd (the paper's and DESIGN.md's), an upper bound (Jensen) on the bits of the
+  probability the model puts on the image's quantization bin, and
+- the importance-weighted estimate -log2 mean_k 2^(-M·bpd_k) / M (Burda et al., 2016), which tightens towards that
+  probability as K grows. It is what a sample from the model sees: how often a sample rounds to the image.
+A model can raise the mean without moving probability (its density turning uneven inside the bin); it cannot
+raise the importance-weighted estimate that way once K is large enough.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from taming.data import dequantize
+from taming.glow import INFERENCE_BATCH
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def bpd_draws(
+    model: nn.Module, images_q: Tensor, n_bits: int, draws: int = 5, seed: int = 0, *,
+    gen: torch.Generator | None = None, batch_size: int = INFERENCE_BATCH,
+) -> Tensor:
+    """bpd of quantized images [N, C, H, W] under `draws` dequantization draws -> [draws, N] (float64, CPU).
+
+    Without `gen`, the noise of draw k comes from a CPU generator seeded by (seed, k), walked batch by batch, so
+    two models measured with the same seed see exactly the same dequantized images (paired comparisons). With
+    `gen`, the noise is taken from it (a run's own stream, so that resuming a run reproduces it).
+    """
+    out = torch.zeros(draws, images_q.shape[0], dtype=torch.float64)
+    if images_q.shape[0] == 0:
+        return out
+    device = _device(model)
+    with torch.inference_mode():
+        for draw in range(draws):
+            noise = gen if gen is not None else torch.Generator().manual_seed(seed * 1_000_003 + draw)
+            for start in range(0, images_q.shape[0], batch_size):
+                x = dequantize(images_q[start : start + batch_size], n_bits, noise).to(device)
+                out[draw, start : start + batch_size] = model.bpd(x).double().cpu()  # type: ignore[operator]
+    return out
+
+
+def mean_bpd(
+    model: nn.Module, images_q: Tensor, n_bits: int, draws: int = 5, seed: int = 0, *,
+    gen: torch.Generator | None = None, batch_size: int = INFERENCE_BATCH,
+) -> Tensor:
+    """bpd averaged over `draws` dequantization draws (`bpd_draws`) -> [N] (float64, CPU)."""
+    return bpd_draws(model, images_q, n_bits, draws, seed, gen=gen, batch_size=batch_size).mean(0)
+
+
+def importance_weighted_bpd(bpd: Tensor, dims: int) -> Tensor:
+    """-log2 of the discrete probability of each image, estimated from K draws, per dimension.
+
+    bpd: [K, N] under K uniform draws; dims = C*H*W -> [N] (float64; differentiable, so a loss can use it).
+    2^(-dims*bpd) is the density at the draw times the volume of the image's quantization bin, so its mean
+    over the draws estimates the probability the model puts on the bin. Never above the mean of bpd; equal to
+    it for K = 1.
+    """
+    log_p = -bpd.double() * dims * math.log(2)
+    return -(torch.logsumexp(log_p, 0) - math.log(bpd.shape[0])) / (dims * math.log(2))
+
+
+def discrete_bpd(
+    model: nn.Module, images_q: Tensor, n_bits: int, draws: int, seed: int = 0, *,
+    gen: torch.Generator | None = None, batch_size: int = INFERENCE_BATCH,
+) -> Tensor:
+    """The importance-weighted bpd of quantized images [N, C, H, W] over `draws` draws -> [N] (float64, CPU)."""
+    dims = images_q[0].numel() if images_q.shape[0] else 1
+    return importance_weighted_bpd(bpd_draws(model, images_q, n_bits, draws, seed, gen=gen,
+                                             batch_size=batch_size), dims)
+
+
+def estimate(
+    model: nn.Module, images_q: Tensor, n_bits: int, draws: int, estimator: str, seed: int = 0, *,
+    gen: torch.Generator | None = None,
+) -> Tensor:
+    """bpd of images [N, ...] by the named estimator: "mean" (the paper's) or "discrete" -> [N] (float64)."""
+    if estimator == "mean":
+        return mean_bpd(model, images_q, n_bits, draws, seed, gen=gen)
+    if estimator == "discrete":
+        return discrete_bpd(model, images_q, n_bits, draws, seed, gen=gen)
+    raise ValueError(f"estimator must be 'mean' or 'discrete', not {estimator!r}")
