@@ -13,13 +13,14 @@ PAPER: dict[str, Any] = {
     "delta": 4.0, "epsilon": None, "alpha": 0.6, "gamma": 0.6, "lr": 5e-5, "forget_batch": 8, "remember_batch": 8,
     "max_iterations": 800, "stats_every": 10, "stats_images": 1024, "confirm_draws": 5, "forget_loss": "paper",
     "forget_draws": 1, "batch_policy": "random", "stop_rule": "paper", "certify": "mean", "certify_images": 1024,
-    "remember_loss": "paper", "near_fraction": 0.0,
+    "remember_loss": "paper", "near_fraction": 0.0, "even_weight": 0.0,
 }
 # Each preset changes some of the paper's knobs; "improved" is all of the changes together (README, "The method,
 # measured", shows what each did).
 METHODS: dict[str, dict[str, Any]] = {
     "paper": {},
-    "discrete": {"forget_draws": 4, "certify": "discrete", "confirm_draws": 16, "certify_images": 512},
+    "discrete": {"forget_draws": 4, "even_weight": 1.0, "certify": "discrete", "confirm_draws": 16,
+                 "certify_images": 512},
     "converge": {"batch_policy": "lowest", "stop_rule": "tracked"},
     "specific": {"remember_loss": "anchored", "near_fraction": 0.5},
 }

@@ -44,11 +44,13 @@ def pick_device(setting: str) -> str:
 
 
 def tame_config(parameters: dict[str, Any]) -> Any:
-    """The job's parameters that TameConfig knows; the API has validated them already."""
-    from taming.tame import TameConfig
+    """The job's method with its parameters that TameConfig knows; the API has validated them already."""
+    from rules.method import DEFAULT_METHOD
+    from taming.tame import TameConfig, method_config
 
-    known = {f.name for f in dataclasses.fields(TameConfig)}
-    return TameConfig(**{k: v for k, v in parameters.items() if k in known})
+    known = {f.name for f in dataclasses.fields(TameConfig)} - {"method"}
+    return method_config(parameters.get("method") or DEFAULT_METHOD,
+                         **{k: v for k, v in parameters.items() if k in known})
 
 
 def _fetch_prefix(storage: Storage, prefix: str, folder: Path) -> list[Path]:

@@ -26,6 +26,7 @@ from app import audit
 from app.db import session_scope
 from app.models import Job, ModelVersion
 from app.sweeper import Timings, give_up, utcnow
+from rules.method import DEFAULT_METHOD, coalesce_images
 from worker import lease
 
 log = logging.getLogger(__name__)
@@ -156,11 +157,13 @@ def claim_batch(session: Any, model_id: str, t: Timings, settings: Any) -> Batch
     first = queued[0]
     chosen = [first]
     if first.kind == FORGET:
-        # Coalesce: waiting forget requests with the same parameters join this run while it stays small.
+        # Coalesce: waiting forget requests with the same parameters join this run while it stays as large as
+        # the method converges (rules/method.py); larger requests run one after another on the same lease.
         images = _forget_images(first)
+        cap = coalesce_images((first.parameters or {}).get("method") or DEFAULT_METHOD)
         for job in queued[1:]:
             same = job.kind == FORGET and (job.parameters or {}) == (first.parameters or {})
-            if same and images + _forget_images(job) <= MAX_COALESCE_IMAGES:
+            if same and images + _forget_images(job) <= cap:
                 chosen.append(job)
                 images += _forget_images(job)
     base = newest_version(session, model_id)

@@ -56,7 +56,7 @@ def test_requests_beyond_one_forget_batch_wait_for_the_next_run(stack: tuple[Any
 
 def test_waiting_jobs_run_together_and_redelivery_is_a_noop(stack: tuple[Any, str]) -> None:
     settings, model_id = stack
-    # two photos each: three requests fit in one forget batch (runner.MAX_COALESCE_IMAGES)
+    # two photos each: three requests fit in one run of the paper's method (rules.method.coalesce_images)
     ids = [h.submit(settings, model_id, person, PARAMS, n_images=2, enqueue=False) for person in (30, 31, 32)]
     other = h.submit(settings, model_id, 33, {**PARAMS, "delta": 3.0}, n_images=2, enqueue=False)
 
