@@ -31,7 +31,8 @@ def keys() -> None:
 @click.option("--role", type=click.Choice(["admin", "operator", "auditor"]), required=True)
 @click.option("--name", required=True, help="Who or what the key is for.")
 def keys_create(role: str, name: str) -> None:
-    """Create a key and print it (alone, on stdout); it is never shown again."""
+    """Create a key and print it (alone, on stdout), its webhook signing secret on stderr; both are never
+    shown again."""
     from app import migrate
     from app.auth import create_key
     from app.db import session_scope
@@ -39,8 +40,10 @@ def keys_create(role: str, name: str) -> None:
     settings = get_settings()
     migrate.upgrade(settings)
     with session_scope(settings) as session:
-        _, secret = create_key(session, role, name)
+        row, secret = create_key(session, role, name)
+        signing = row.webhook_secret
     click.echo(secret)
+    click.echo(f"webhook signing secret of this key (verifies its callbacks; shown once): {signing}", err=True)
 
 
 @click.group()

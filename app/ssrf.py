@@ -149,8 +149,9 @@ def _name_reason(host: str) -> str | None:
     return None
 
 
-def check(url: str, allow: Sequence[str] = (), resolve: Resolver = system_resolver) -> Target:
-    """The destination of a webhook URL, resolved and checked; UnsafeUrl when it may not be reached."""
+def check(url: str, allow: Sequence[str] = (), resolve: Resolver | None = None) -> Target:
+    """The destination of a webhook URL, resolved (by `resolve`, default the system's) and checked;
+    UnsafeUrl when it may not be reached."""
     scheme, host, port, path = _host_of(url)
     literal = _literal(host)
     if literal is not None:
@@ -160,7 +161,7 @@ def check(url: str, allow: Sequence[str] = (), resolve: Resolver = system_resolv
         if reason and not _allowed(host, None, allow):
             raise UnsafeUrl(f"callback_url host {host} is {reason}; webhooks go to public hosts only")
         try:
-            addresses = resolve(host, port)
+            addresses = (resolve or system_resolver)(host, port)
         except (OSError, UnicodeError):
             addresses = []
         if not addresses:

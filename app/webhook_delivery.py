@@ -57,7 +57,7 @@ def _claim(settings: Settings, event: WebhookEvent, now: datetime) -> bool:
 
 
 def send(event: WebhookEvent, secret: str, settings: Settings, http: httpx.Client,
-         resolve: ssrf.Resolver = ssrf.system_resolver) -> Outcome:
+         resolve: ssrf.Resolver | None = None) -> Outcome:
     """One signed POST of the event to the address its URL resolves to now (checked again)."""
     try:
         target = ssrf.check(event.url, settings.webhook_allow, resolve)
@@ -115,7 +115,7 @@ def _due(settings: Settings, now: datetime) -> list[tuple[WebhookEvent, str | No
 
 
 def deliver_due(settings: Settings, http: httpx.Client | None = None,
-                resolve: ssrf.Resolver = ssrf.system_resolver) -> int:
+                resolve: ssrf.Resolver | None = None) -> int:
     """Send every event that is due now (at most one batch); returns how many attempts were made."""
     own = http is None
     http = http or httpx.Client(trust_env=False, follow_redirects=False)
