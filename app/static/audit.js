@@ -2,17 +2,19 @@
 import {api} from "./api.js";
 import {date, esc, short} from "./format.js";
 
-function subject(text) {
-  const [kind, id] = text.includes(":") ? text.split(":", 2) : ["", text];
+// API rows name `job:<id>` / `model:<id>`; worker rows the bare id, whose kind the action tells.
+function subject(text, action) {
+  let [kind, id] = text.includes(":") ? text.split(":", 2) : ["", text];
+  if (!kind) kind = action.startsWith("job.") ? "job" : /^(model|version)\./.test(action) ? "model" : "";
   if (kind === "job") return `<a href="#/jobs/${encodeURIComponent(id)}">job ${short(id)}</a>`;
   if (kind === "model") return `<a href="#/models">model ${short(id)}</a>`;
-  return esc(text.length > 24 ? text.slice(0, 8) : text);
+  return esc(text);
 }
 
 function row(e) {
   const details = JSON.stringify(e.details);
   return `<tr><td data-label="When">${esc(date(e.at))}</td><td data-label="Who" title="${esc(e.actor)}">${esc(e.actor_name || e.actor)}</td>
-    <td data-label="Action"><code>${esc(e.action)}</code></td><td data-label="Subject">${subject(e.subject)}</td>
+    <td data-label="Action"><code>${esc(e.action)}</code></td><td data-label="Subject">${subject(e.subject, e.action)}</td>
     <td data-label="Details" class="details"><code title="${esc(details)}">${esc(details.length > 160 ? details.slice(0, 160) + "…" : details)}</code></td></tr>`;
 }
 

@@ -62,6 +62,6 @@ export function progressCell(job) {
   const {pct, label} = progress(job);
   const d = (job.progress || {}).max_abs_d;
   const extra = d === null || d === undefined || job.state === "queued" ? "" : ` · max |d| ${num(d, 3)}`;
-  return `<div class="bar ${esc(job.state)}"><progress max="100" value="${pct}" aria-label="progress">${pct}%</progress></div>
-    <div class="plabel">${esc(label)}${extra}</div>`;
+  return `<div><div class="bar ${esc(job.state)}"><progress max="100" value="${pct}" aria-label="progress">${pct}%</progress></div>
+    <div class="plabel">${esc(label)}${extra}</div></div>`;
 }

@@ -10,8 +10,8 @@ function row(job, models) {
   const d = due(job);
   const model = models.get(job.model_id);
   return `<tr data-job="${esc(job.id)}" data-state="${esc(job.state)}">
-    <td data-label="Subject"><a href="#/jobs/${encodeURIComponent(job.id)}">${esc(job.subject_ref)}</a>
-      <div class="sub">job ${short(job.id)}</div></td>
+    <td data-label="Subject"><div><a href="#/jobs/${encodeURIComponent(job.id)}">${esc(job.subject_ref)}</a>
+      <div class="sub">job ${short(job.id)}</div></div></td>
     <td data-label="Kind">${esc(KINDS[job.kind] || job.kind)}</td>
     <td data-label="State" class="state">${stateBadge(job.state)}</td>
     <td data-label="Progress" class="progress">${progressCell(job)}</td>
