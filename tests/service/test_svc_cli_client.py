@@ -206,3 +206,18 @@ def test_settings_round_trip_for_children() -> None:
 
     env = child_environment(Settings(webhook_allow=["127.0.0.1", "10.0.0.0/8"]))
     assert env["TAMING_WEBHOOK_ALLOW"] == "127.0.0.1,10.0.0.0/8"
+
+
+def test_an_unreachable_database_is_one_line_and_exit_5(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "TAMING_DATABASE_URL": f"postgresql+psycopg://nobody@127.0.0.1:{port}/none",
+           "TAMING_VAR_DIR": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-m", "console", "audit", "verify"], env=env, capture_output=True, text=True,
+                       cwd=Path(__file__).resolve().parents[2], timeout=60)
+    assert r.returncode == 5 and r.stderr.startswith("error: cannot reach the database"), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
