@@ -19,6 +19,7 @@ from app.routes import dashboard as dashboard_routes
 from app.routes import jobs as job_routes
 from app.routes import models as model_routes
 from app.routes import ops as ops_routes
+from app.routes import webhooks as webhook_routes
 from app.settings import Settings, get_settings
 from app.storage import S3Storage, get_storage
 
@@ -77,6 +78,6 @@ def create_app(settings: Settings | None = None, enqueue: jobs.Enqueue | None = 
     app.add_middleware(BodyLimit, settings=settings)
     app.add_middleware(Metrics)
     for router in (job_routes.router, model_routes.router, ops_routes.router, audit_routes.router,
-                   dashboard_routes.router):
+                   dashboard_routes.router, webhook_routes.router):
         app.include_router(router)
     return app

@@ -16,13 +16,16 @@ import base64
 import hashlib
 import hmac
 import json
+from datetime import datetime
 from typing import Any
 
+from pydantic import BaseModel
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import ssrf
 from app.errors import ApiError
-from app.models import ApiKey, Job, WebhookEvent, utcnow
+from app.models import ApiKey, Job, WebhookDelivery, WebhookEvent, utcnow
 from app.settings import Settings
 
 STARTED = "job.started"
@@ -89,3 +92,44 @@ def record(session: Session, job: Job, event_type: str) -> WebhookEvent | None:
 def retry_delay(attempts: int, settings: Settings) -> float:
     """Seconds to wait after the `attempts`-th failed delivery: 1, 3, 9, … times the base, capped."""
     return float(min(settings.webhook_retry_seconds * 3 ** max(attempts - 1, 0), settings.webhook_retry_max_seconds))
+
+
+class DeliveryOut(BaseModel):
+    attempt: int
+    at: datetime
+    address: str | None
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+
+
+class EventOut(BaseModel):
+    id: str
+    event_type: str
+    url: str
+    state: str
+    attempts: int
+    next_attempt_at: datetime | None
+    created_at: datetime
+    delivered_at: datetime | None
+    deliveries: list[DeliveryOut]
+
+
+class EventList(BaseModel):
+    items: list[EventOut]
+
+
+def events_of(session: Session, job_id: str) -> EventList:
+    """A job's webhook events, oldest first, each with every delivery attempt."""
+    events = session.scalars(select(WebhookEvent).where(WebhookEvent.job_id == job_id)
+                             .order_by(WebhookEvent.created_at, WebhookEvent.id)).all()
+    tries = session.scalars(select(WebhookDelivery).where(WebhookDelivery.event_id.in_([e.id for e in events]))
+                            .order_by(WebhookDelivery.attempt)).all()
+    items = [EventOut(id=e.id, event_type=e.event_type, url=e.url, state=e.state, attempts=e.attempts,
+                      next_attempt_at=e.next_attempt_at if e.state == "pending" else None, created_at=e.created_at,
+                      delivered_at=e.delivered_at,
+                      deliveries=[DeliveryOut(attempt=t.attempt, at=t.at, address=t.address, status_code=t.status_code,
+                                              error=t.error, duration_ms=t.duration_ms)
+                                  for t in tries if t.event_id == e.id])
+             for e in events]
+    return EventList(items=items)

@@ -33,10 +33,21 @@ function head(job, me) {
     <div class="card wide">${progressCell(job)}</div>${cancel}`;
 }
 
+async function webhooks(el, job) {
+  if (!job.callback_url) return;
+  const events = (await api(`/v1/jobs/${encodeURIComponent(job.id)}/webhooks`)).items;
+  const rows = events.map((e) => `<tr><td><code>${esc(e.event_type)}</code></td><td>${stateBadge(e.state === "delivered" ? "succeeded" : e.state === "failed" ? "failed" : "queued")} ${esc(e.state)}</td>
+    <td>${e.deliveries.map((d) => `${esc(d.status_code ?? "no answer")}${d.error && !d.status_code ? ` (${esc(d.error)})` : ""}`).join(", ") || "not sent yet"}</td>
+    <td>${esc(date(e.delivered_at || e.next_attempt_at))}</td></tr>`).join("");
+  el.innerHTML = `<h2>Webhooks</h2><p class="hint">Signed POSTs to <code>${esc(job.callback_url)}</code>, retried until a 2xx answer.</p>
+    <div class="scroll"><table class="numbers"><thead><tr><th>event</th><th>state</th><th>answers, in order</th><th>delivered / next try</th></tr></thead>
+    <tbody>${rows || '<tr><td colspan="4" class="empty">No event yet.</td></tr>'}</tbody></table></div>`;
+}
+
 export async function jobPage(view, ctx, jobId) {
   let job = await api(`/v1/jobs/${encodeURIComponent(jobId)}`);
   view.innerHTML = `<div id="job-head"></div><div class="grid2"><section><h2>Request</h2><div id="job-facts"></div></section>
-    <section id="job-uploads"></section></div><h2>Report</h2><section id="job-report"></section>`;
+    <section id="job-uploads"></section></div><section id="job-webhooks"></section><h2>Report</h2><section id="job-report"></section>`;
   const draw = () => {
     view.querySelector("#job-head").innerHTML = head(job, ctx.me);
     view.querySelector("#job-facts").innerHTML = facts(job);
@@ -49,11 +60,13 @@ export async function jobPage(view, ctx, jobId) {
   };
   draw();
   await reportSection(view.querySelector("#job-report"), job);
+  webhooks(view.querySelector("#job-webhooks"), job).catch(ctx.fail);
   const live = new Live((snapshot) => {
     const ended = !TERMINAL.includes(job.state) && TERMINAL.includes(snapshot.state);
     job = snapshot;
     draw();
     if (ended) reportSection(view.querySelector("#job-report"), job).catch(ctx.fail);
+    if (ended) webhooks(view.querySelector("#job-webhooks"), job).catch(ctx.fail);
   });
   live.watch(job);
   return () => live.stop();

@@ -123,6 +123,11 @@ def test_every_delivery_is_signed_and_each_job_completes_once(hooked: Api, monke
         tries = session.scalars(select(WebhookDelivery).where(WebhookDelivery.event_id == rows[0].id)
                                 .order_by(WebhookDelivery.attempt)).all()
         assert [(t.attempt, t.status_code, t.address) for t in tries] == [(1, 500, "127.0.0.1"), (2, 200, "127.0.0.1")]
+    listed = hooked.client.get(f"/v1/jobs/{ids[0]}/webhooks", headers=hooked.h("operator")).json()["items"]
+    assert [(e["event_type"], e["state"]) for e in listed] == [("job.started", "delivered"),
+                                                                ("job.completed", "delivered")]
+    assert all([d["status_code"] for d in e["deliveries"]] == [500, 200] for e in listed)
+    assert hooked.client.get(f"/v1/jobs/{ids[0]}/webhooks", headers=hooked.h("other")).status_code == 404
 
 
 class Spy:
