@@ -16,14 +16,21 @@ from app.submit import EXIT_OK, connection_options, emit, make_client, one_line_
 
 
 def due_text(job: dict[str, Any], now: datetime | None = None) -> str:
-    """The GDPR deadline as people read it: `due 2025-02-14 (12 days left)`, `overdue by 3 days`, or `-`."""
+    """The GDPR deadline as people read it: `due 2025-02-14 (12 days left)`, `erased in time (due …)`, `overdue`.
+
+    Only a succeeded erasure meets it; a failed or cancelled one still owes the person an answer.
+    """
     if not job.get("due_at"):
         return "-"
     due = datetime.fromisoformat(job["due_at"])
-    if job["state"] in ("succeeded", "failed", "cancelled"):
-        return f"due {due.date()}"
+    if job["state"] == "succeeded":
+        finished = datetime.fromisoformat(job.get("finished_at") or job["created_at"])
+        return f"erased {'in time' if finished <= due else 'late'} (due {due.date()})"
+    prefix = "not erased, " if job["state"] in ("failed", "cancelled") else ""
     days = (due - (now or datetime.now(UTC))).total_seconds() / 86400
-    return f"due {due.date()} ({int(days)} days left)" if days >= 0 else f"overdue by {int(-days) + 1} days"
+    if days < 0:
+        return f"{prefix}overdue by {int(-days) + 1} days"
+    return f"{prefix}due {due.date()} ({int(days)} days left)"
 
 
 @click.group()

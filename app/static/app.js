@@ -33,6 +33,7 @@ function signedIn(me) {
 function signedOut(message = "") {
   clearKey();
   ctx.me = null;
+  route.count++;  // a page still loading is not shown
   if (leave) leave();
   leave = null;
   $("view").innerHTML = "";
@@ -42,23 +43,33 @@ function signedOut(message = "") {
   $("key").focus();
 }
 
+// Each navigation renders into a fresh element, shown only if no later navigation began meanwhile.
 async function route() {
   if (!ctx.me) return;
+  const mine = ++route.count;
   if (leave) leave();
   leave = null;
   const [page, id] = (location.hash.replace(/^#\/?/, "") || "jobs").split("/");
   document.querySelectorAll("[data-nav]").forEach((a) => a.classList.toggle("active", a.dataset.nav === page));
-  const view = $("view");
-  view.innerHTML = '<p class="empty">Loading…</p>';
+  $("view").innerHTML = '<p class="empty">Loading…</p>';
+  const view = document.createElement("div");
+  let done = null;
   try {
-    if (page === "jobs" && id) leave = await jobPage(view, ctx, decodeURIComponent(id));
-    else if (page === "models") leave = await modelsPage(view, ctx);
-    else if (page === "audit") leave = await auditPage(view, ctx);
-    else leave = await jobsPage(view, ctx);
+    if (page === "jobs" && id) done = await jobPage(view, ctx, decodeURIComponent(id));
+    else if (page === "models") done = await modelsPage(view, ctx);
+    else if (page === "audit") done = await auditPage(view, ctx);
+    else done = await jobsPage(view, ctx);
   } catch (e) {
     view.innerHTML = `<p class="error-box">${esc(e.message)}</p>`;
   }
+  if (mine !== route.count) {
+    if (done) done();
+    return;
+  }
+  leave = done;
+  $("view").replaceChildren(view);
 }
+route.count = 0;
 
 async function start(key) {
   setKey(key);

@@ -26,17 +26,19 @@ export function stateBadge(state) {
 }
 
 // GDPR Art. 12(3): an erasure is due one calendar month after it was received (due_at, from the API).
+// Only a succeeded erasure meets it; a failed or cancelled one still owes the person an answer.
 export function due(job, now = Date.now()) {
   if (!job.due_at) return {text: "—", cls: "", title: "only erasure requests have a deadline"};
   const at = new Date(job.due_at).getTime();
   const day = date(job.due_at, false);
-  if (TERMINAL.includes(job.state)) {
-    const inTime = job.finished_at && new Date(job.finished_at).getTime() <= at;
-    return {text: `${inTime ? "ended in time" : "ended late"} · due ${day}`, cls: inTime ? "" : "overdue", title: ""};
+  if (job.state === "succeeded") {
+    const inTime = new Date(job.finished_at || job.created_at).getTime() <= at;
+    return {text: `${inTime ? "erased in time" : "erased late"} · due ${day}`, cls: inTime ? "" : "overdue", title: ""};
   }
+  const open = TERMINAL.includes(job.state) ? "not erased · " : "";
   const days = Math.ceil((at - now) / DAY);
-  if (days < 0) return {text: `overdue by ${-days} day${days === -1 ? "" : "s"} · ${day}`, cls: "overdue", title: ""};
-  return {text: `${day} · ${days} day${days === 1 ? "" : "s"} left`, cls: days <= 7 ? "soon" : "", title: ""};
+  if (days < 0) return {text: `${open}overdue by ${-days} day${days === -1 ? "" : "s"} · ${day}`, cls: "overdue", title: ""};
+  return {text: `${open}${day} · ${days} day${days === 1 ? "" : "s"} left`, cls: days <= 7 || open ? "soon" : "", title: ""};
 }
 
 function eta(seconds) {

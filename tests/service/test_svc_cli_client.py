@@ -166,7 +166,7 @@ def test_jobs_list_show_and_report(live: Live, images: Path, tmp_path: Path) -> 
     job_id = r.stdout.strip()
     listed = taming(live, "jobs", "list", "--state", "succeeded")
     assert listed.exit_code == 0 and job_id in listed.stdout and "done in 3 iterations" in listed.stdout
-    assert "due " in listed.stdout  # the GDPR deadline of an erasure
+    assert "erased in time (due " in listed.stdout  # the GDPR deadline of an erasure
     shown = taming(live, "jobs", "show", job_id, "--json")
     assert json.loads(shown.stdout)["id"] == job_id
     out = tmp_path / "reports"
@@ -188,6 +188,10 @@ def test_due_text() -> None:
     assert due_text(job, now) == "due 2025-02-14 (25 days left)"
     assert due_text({**job, "due_at": "2025-01-18T10:00:00+00:00"}, now) == "overdue by 2 days"
     assert due_text({**job, "due_at": None}, now) == "-"
+    done = {"state": "succeeded", "due_at": job["due_at"], "created_at": "2025-01-14T10:00:00+00:00"}
+    assert due_text({**done, "finished_at": "2025-01-15T10:00:00+00:00"}, now) == "erased in time (due 2025-02-14)"
+    assert due_text({**done, "finished_at": "2025-03-01T10:00:00+00:00"}, now) == "erased late (due 2025-02-14)"
+    assert due_text({**job, "state": "failed"}, now) == "not erased, due 2025-02-14 (25 days left)"
 
 
 def test_gdpr_due_date_is_one_calendar_month() -> None:
