@@ -1,14 +1,15 @@
-"""Service commands of `taming`: serve, keys, audit, submit, demo (added to the group by console/)."""
+"""Service commands of `taming`: serve, keys, audit, submit, jobs, report, demo (added to the group by console/)."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
+from app.jobs_cli import jobs, report
 from app.settings import get_settings
+from app.submit import submit
 
 
 @click.command()
@@ -31,7 +32,8 @@ def keys() -> None:
 @click.option("--role", type=click.Choice(["admin", "operator", "auditor"]), required=True)
 @click.option("--name", required=True, help="Who or what the key is for.")
 def keys_create(role: str, name: str) -> None:
-    """Create a key and print it (alone, on stdout); it is never shown again."""
+    """Create a key and print it (alone, on stdout), its webhook signing secret on stderr; both are never
+    shown again."""
     from app import migrate
     from app.auth import create_key
     from app.db import session_scope
@@ -39,8 +41,10 @@ def keys_create(role: str, name: str) -> None:
     settings = get_settings()
     migrate.upgrade(settings)
     with session_scope(settings) as session:
-        _, secret = create_key(session, role, name)
+        row, secret = create_key(session, role, name)
+        signing = row.webhook_secret
     click.echo(secret)
+    click.echo(f"webhook signing secret of this key (verifies its callbacks; shown once): {signing}", err=True)
 
 
 @click.group()
@@ -67,48 +71,6 @@ def audit_verify() -> None:
     click.echo(f"audit log intact: {count} rows")
 
 
-def _submit_options(fn: Any) -> Any:
-    options = [
-        click.option("--url", default=None, help="API base URL (default: TAMING_API_URL)."),
-        click.option("--key", default=None, help="API key (default: TAMING_API_KEY)."),
-        click.option("--model", "model_id", required=True, help="Model id."),
-        click.option("--subject-ref", required=True, help="Your ticket id for this request."),
-        click.option("--param", "params", multiple=True, metavar="K=V", help="A job parameter, e.g. delta=4."),
-        click.option("--idempotency-key", default=None),
-        click.option("--wait", is_flag=True, help="Wait with a progress bar; exit 0 only if the criterion was met."),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
-
-
-@click.group()
-def submit() -> None:
-    """Submit a job to a running service (a client for CI pipelines)."""
-
-
-@submit.command("forget")
-@_submit_options
-@click.option("--forget", "forget", multiple=True, required=True, help="Image file or folder (repeatable).")
-@click.option("--holdout", "holdout", multiple=True, help="Held-out image file or folder (repeatable).")
-def submit_forget(forget: tuple[str, ...], holdout: tuple[str, ...], **common: Any) -> None:
-    """Ask the service to forget one person."""
-    from app.submit import run_submit
-
-    sys.exit(run_submit("forget_identity", {"forget": forget, "holdout": holdout}, **common))
-
-
-@submit.command("rebalance")
-@_submit_options
-@click.option("--positive", multiple=True, required=True, help="Images with the attribute (file or folder).")
-@click.option("--negative", multiple=True, required=True, help="Images without it (file or folder).")
-def submit_rebalance(positive: tuple[str, ...], negative: tuple[str, ...], **common: Any) -> None:
-    """Ask the service to rebalance an attribute (set --param target_share=…)."""
-    from app.submit import run_submit
-
-    sys.exit(run_submit("rebalance_attribute", {"positive": positive, "negative": negative}, **common))
-
-
 @click.command()
 @click.option("--var", "var_dir", type=click.Path(path_type=Path), default=Path("var/demo"), show_default=True)
 @click.option("--models", "models_dir", type=click.Path(path_type=Path), default=Path("models/att32"),
@@ -120,4 +82,4 @@ def demo(var_dir: Path, models_dir: Path) -> None:
     sys.exit(run_demo(var_dir, models_dir))
 
 
-service_commands: list[click.Command] = [serve, keys, audit, submit, demo]
+service_commands: list[click.Command] = [serve, keys, audit, submit, jobs, report, demo]

@@ -20,7 +20,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app import audit, uploads
+from app import audit, uploads, webhooks
 from app.auth import sees_all
 from app.errors import ApiError, not_found
 from app.models import TERMINAL_STATES, ApiKey, Job, Model, new_id, utcnow
@@ -65,8 +65,6 @@ def check_shape(sub: Submission) -> None:
             raise ApiError(422, "no_images", "a rebalance_attribute job needs 'positive' and 'negative' images")
         if sub.parameters.target_share is None:
             raise ApiError(422, "invalid_parameters", "a rebalance_attribute job needs parameters.target_share")
-    if sub.callback_url and not sub.callback_url.startswith(("http://", "https://")):
-        raise ApiError(422, "invalid_request", "callback_url must be an http(s) URL")
 
 
 def request_hash(sub: Submission, hashes: dict[tuple[str, int], str]) -> str:
@@ -90,6 +88,8 @@ def submit(session: Session, storage: Storage, settings: Settings, key: ApiKey, 
            idem_key: str | None) -> tuple[Job, bool]:
     """Validate everything, store the uploads, commit the job row; (job, replayed)."""
     check_shape(sub)
+    if sub.callback_url:
+        webhooks.check_callback(sub.callback_url, key, settings)
     model = session.get(Model, sub.model_id)
     if model is None:
         raise not_found("model", sub.model_id)
@@ -182,8 +182,10 @@ def cancel(session: Session, storage: Storage, key: ApiKey, job: Job) -> Job:
     if done.rowcount == 0:  # type: ignore[attr-defined]
         session.execute(update(Job).where(Job.id == job.id, Job.state == "running").values(cancel_requested=True))
     audit.record(session, key.id, "job.cancel", f"job:{job.id}", {})
-    session.commit()
     session.refresh(job)
+    if job.state == "cancelled":  # ended here (it was queued): its webhook goes in the same transaction
+        webhooks.record(session, job, webhooks.COMPLETED)
+    session.commit()
     if job.state == "cancelled":
         storage.delete_prefix(f"uploads/{job.id}/")
     return job

@@ -14,9 +14,12 @@ from app import errors, jobs, migrate
 from app.db import new_session
 from app.limits import BodyLimit
 from app.metrics import Metrics
+from app.routes import audit as audit_routes
+from app.routes import dashboard as dashboard_routes
 from app.routes import jobs as job_routes
 from app.routes import models as model_routes
 from app.routes import ops as ops_routes
+from app.routes import webhooks as webhook_routes
 from app.settings import Settings, get_settings
 from app.storage import S3Storage, get_storage
 
@@ -74,6 +77,7 @@ def create_app(settings: Settings | None = None, enqueue: jobs.Enqueue | None = 
     errors.install(app)
     app.add_middleware(BodyLimit, settings=settings)
     app.add_middleware(Metrics)
-    for router in (job_routes.router, model_routes.router, ops_routes.router):
+    for router in (job_routes.router, model_routes.router, ops_routes.router, audit_routes.router,
+                   dashboard_routes.router, webhook_routes.router):
         app.include_router(router)
     return app

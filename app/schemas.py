@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from app.gdpr import due_date
 from app.models import Job, Model, ModelVersion
 
 
@@ -71,6 +72,7 @@ class JobOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    due_at: datetime | None = Field(default=None, description="GDPR deadline of an erasure: submission + 1 month.")
 
     @classmethod
     def of(cls, job: Job) -> JobOut:
@@ -83,6 +85,7 @@ class JobOut(BaseModel):
             parameters=job.parameters or {}, uploads=[UploadOut(**u) for u in job.uploads or []],
             submitted_by=job.submitted_by, callback_url=job.callback_url, created_at=job.created_at,
             started_at=job.started_at, finished_at=job.finished_at,
+            due_at=due_date(job.created_at) if job.kind == "forget_identity" and job.created_at else None,
         )
 
 

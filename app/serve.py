@@ -1,4 +1,5 @@
-"""`taming serve`: the API under uvicorn, and in embedded mode a worker process and the sweeper beside it.
+"""`taming serve`: the API under uvicorn, and in embedded mode a worker process, the sweeper and the webhook
+delivery loop beside it.
 
 On SIGINT/SIGTERM uvicorn finishes its requests, then the worker is asked to stop (SIGTERM, then SIGKILL
 after a grace period: a job cut short resumes from its saved state on the next start) and the sweeper
@@ -58,10 +59,14 @@ def run(settings: Settings, host: str | None, port: int | None, with_worker: boo
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     worker = start_worker(settings) if with_worker else None
-    sweeper = None
+    loops: list[threading.Thread] = []
     if with_worker:
-        sweeper = threading.Thread(target=_sweep, args=(stop, settings), name="sweeper", daemon=True)
-        sweeper.start()
+        from app.webhook_delivery import run_forever as deliver
+
+        loops = [threading.Thread(target=_sweep, args=(stop, settings), name="sweeper", daemon=True),
+                 threading.Thread(target=deliver, args=(stop, settings), name="webhooks", daemon=True)]
+        for loop in loops:
+            loop.start()
     config: dict[str, Any] = {"host": host or settings.host, "port": port or settings.port, "log_level": "info"}
     try:
         uvicorn.Server(uvicorn.Config(create_app(settings), **config)).run()
@@ -69,5 +74,5 @@ def run(settings: Settings, host: str | None, port: int | None, with_worker: boo
         stop.set()
         if worker is not None:
             stop_child(worker)
-        if sweeper is not None:
-            sweeper.join(timeout=5)
+        for loop in loops:
+            loop.join(timeout=5)

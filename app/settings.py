@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -56,12 +57,31 @@ class Settings(BaseSettings):
         default=60, gt=0, description="Age of a queued job nobody picked up before its doorbell is rung again."
     )
     progress_every: int = Field(default=5, ge=1, description="Iterations between progress writes to the job row.")
-    callback_timeout_seconds: float = Field(default=5, gt=0, description="Timeout of the best-effort callback POST.")
+    callback_timeout_seconds: float = Field(default=5, gt=0, description="Timeout of one webhook delivery POST.")
+    webhook_allow: Annotated[list[str], NoDecode] = Field(
+        default=[], description="Hosts and CIDRs a `callback_url` may reach although internal (comma-separated), "
+        "e.g. `127.0.0.1,10.1.0.0/16,hooks.corp`; everything else internal is refused."
+    )
+    webhook_max_attempts: int = Field(default=8, ge=1, le=100, description="Deliveries of one webhook before it "
+                                      "is given up.")
+    webhook_retry_seconds: float = Field(default=5, gt=0, description="Wait before the first webhook retry; "
+                                         "each later one waits 3× longer.")
+    webhook_retry_max_seconds: float = Field(default=3600, gt=0, description="Longest wait between two webhook "
+                                             "deliveries.")
+    webhook_poll_seconds: float = Field(default=1, gt=0, description="How often the delivery loop looks for due "
+                                        "webhooks.")
     job_time_limit_seconds: int = Field(default=4 * 3600, ge=60, description="Longest a taming run may take.")
     require_promotion: bool = Field(
         default=False, description="Default for new models: a tamed version becomes current only when promoted."
     )
     verify_timeout_seconds: float = Field(default=300, gt=0, description="Longest a `POST /v1/verify` may compute.")
+
+    @field_validator("webhook_allow", mode="before")
+    @classmethod
+    def _split_allow(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @model_validator(mode="after")
     def _fill_paths(self) -> Settings:
@@ -86,6 +106,6 @@ def child_environment(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment for a child process (worker, demo server) that must see exactly these settings."""
     env = dict(os.environ)
     for name, value in settings.model_dump(exclude_none=True).items():
-        env[f"TAMING_{name.upper()}"] = str(value)
+        env[f"TAMING_{name.upper()}"] = ",".join(value) if isinstance(value, list) else str(value)
     env.update(extra)
     return env

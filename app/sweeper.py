@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from app import audit
+from app import audit, webhooks
 from app.models import Job, Model
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,6 @@ class Timings:
     checkpoint_every: int = 50
     progress_every: int = 5
     job_time_limit_seconds: float = 4 * 3600.0
-    callback_timeout_seconds: float = 5.0
 
     @classmethod
     def from_settings(cls, settings: Any) -> Timings:
@@ -80,6 +79,8 @@ def give_up(session: Session, job: Job, message: str, actor: str, now: datetime)
     if done.rowcount != 1:  # type: ignore[attr-defined]
         return False
     audit.record(session, actor, "job.failed", job.id, {"error": message, "attempts": job.attempts})
+    session.refresh(job)
+    webhooks.record(session, job, webhooks.COMPLETED)
     return True
 
 

@@ -29,8 +29,11 @@ def start_worker(device: str | None = None, beat: bool = False, sweeper: bool = 
     app = configure_worker(settings)
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
-    if sweeper:
+    if sweeper:  # the webhook delivery loop goes where the sweeper goes: one place per deployment
+        from app.webhook_delivery import run_forever as deliver
+
         threading.Thread(target=run_forever, args=(stop, settings), name="sweeper", daemon=True).start()
+        threading.Thread(target=deliver, args=(stop, settings), name="webhooks", daemon=True).start()
     argv = ["worker", "--queues", GPU_QUEUE, "--pool", "solo", "--concurrency", "1",
             "--loglevel", loglevel, "--hostname", f"gpu-{os.getpid()}@{socket.gethostname()}",
             "--without-mingle", "--without-gossip"]
@@ -45,7 +48,8 @@ def start_worker(device: str | None = None, beat: bool = False, sweeper: bool = 
 @click.command("worker")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N (default: TAMING_DEVICE, auto = CUDA if present).")
 @click.option("--beat/--no-beat", default=False, help="Also run Celery beat (the periodic sweep) in this process.")
-@click.option("--sweeper/--no-sweeper", default=True, help="Re-enqueue stalled and forgotten jobs from a thread.")
+@click.option("--sweeper/--no-sweeper", default=True,
+              help="Re-enqueue stalled and forgotten jobs, and deliver webhooks, from threads.")
 @click.option("--loglevel", default="INFO", show_default=True)
 def worker_command(device: str | None, beat: bool, sweeper: bool, loglevel: str) -> None:
     """Run a worker that takes taming jobs from queue `gpu` (one process per GPU)."""

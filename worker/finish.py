@@ -1,7 +1,8 @@
 """How a run ends, written to the database, storage and the audit log.
 
 Every ending deletes the uploads of the run's jobs (a person's images do not outlive their request)
-and rings each job's callback (best effort). On success the artefacts are uploaded first, then one
+and records each job's `job.completed` webhook in the same transaction as its final state (the delivery
+loop of app/webhook_delivery.py sends it, outside the run). On success the artefacts are uploaded first, then one
 transaction adds the version, moves the model's current version and marks every job succeeded: a crash
 between the two re-runs from the saved state and overwrites the same keys, and the unique
 (model_id, parent) constraint refuses a second version on the same parent whatever happens.
@@ -17,7 +18,7 @@ from typing import Any
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
-from app import audit
+from app import audit, webhooks
 from app.db import session_scope
 from app.models import Job, Model, ModelVersion
 from app.storage import get_storage
@@ -66,7 +67,10 @@ def _end_jobs(session: Any, job_ids: list[str], state: str, **values: Any) -> li
             .execution_options(synchronize_session=False)
         )
         if done.rowcount == 1:
-            ended.append(session.get(Job, job_id, populate_existing=True))
+            job = session.get(Job, job_id, populate_existing=True)
+            if job is not None:
+                webhooks.record(session, job, webhooks.COMPLETED)
+                ended.append(job)
     return ended
 
 
@@ -84,28 +88,12 @@ def cleanup_run(batch: Any, settings: Any) -> None:
     get_storage(settings).delete_prefix(f"runs/{batch.run_id}/")
 
 
-def notify(settings: Any, t: Timings, jobs: list[Job]) -> None:
-    """POST each job's final state to its callback URL; a dead callback never fails the job."""
-    import httpx
-
-    for job in jobs:
-        if not job.callback_url:
-            continue
-        payload = {"id": job.id, "state": job.state, "version": job.version, "error": job.error,
-                   "subject_ref": job.subject_ref, "model_id": job.model_id}
-        try:
-            httpx.post(job.callback_url, json=payload, timeout=t.callback_timeout_seconds)
-        except Exception as exc:
-            log.warning("callback for job %s to %s failed: %s", job.id, job.callback_url, exc)
-
-
 def fail_jobs(batch: Any, settings: Any, t: Timings, job_ids: list[str], message: str) -> None:
     with session_scope(settings) as session:
         ended = _end_jobs(session, job_ids, "failed", error=message)
         for job in ended:
             audit.record(session, _actor(), "job.failed", job.id, {"error": message, "run_id": batch.run_id})
     _delete_uploads(settings, ended)
-    notify(settings, t, ended)
 
 
 def fail(batch: Any, settings: Any, t: Timings, message: str) -> None:
@@ -130,7 +118,6 @@ def cancel(batch: Any, settings: Any, t: Timings, cancelled_ids: list[str]) -> N
                          {"reason": "another job of its run was cancelled", "run_id": batch.run_id})
     _delete_uploads(settings, ended)
     cleanup_run(batch, settings)
-    notify(settings, t, ended)
 
 
 def retry_or_fail(batch: Any, settings: Any, t: Timings, exc: Exception) -> None:
@@ -193,7 +180,6 @@ def succeed(batch: Any, settings: Any, t: Timings, owner: str, result: Any, chec
         return
     _delete_uploads(settings, ended)
     cleanup_run(batch, settings)
-    notify(settings, t, ended)
 
 
 def _requeue(settings: Any, batch: Any) -> None:

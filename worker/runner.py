@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 
-from app import audit
+from app import audit, webhooks
 from app.db import session_scope
 from app.models import Job, ModelVersion
 from app.sweeper import Timings, give_up, utcnow
@@ -197,6 +197,7 @@ def claim_batch(session: Any, model_id: str, t: Timings, settings: Any) -> Batch
             session, actor(), "job.started", job.id,
             {"run_id": run_id, "base_version": base, "attempt": job.attempts, "run_jobs": ids},
         )
+        webhooks.record(session, job, webhooks.STARTED)
     return Batch(run_id, model_id, ids, base, max(j.attempts for j in taken), False)
 
 
@@ -209,6 +210,8 @@ def _cancel_queued(session: Any, job: Job, now: Any, settings: Any) -> None:
     )
     if done.rowcount == 1:
         audit.record(session, actor(), "job.cancelled", job.id, {"when": "before it started"})
+        session.refresh(job)
+        webhooks.record(session, job, webhooks.COMPLETED)
         _cleanup(settings, [job])
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Body, File, Form, UploadFile
-from fastapi.responses import FileResponse, RedirectResponse, Response
+from fastapi import APIRouter, Body, File, Form, Query, UploadFile
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy import select
 
 from app import registry
@@ -63,10 +63,14 @@ def get_version(model_id: str, version: int, _key: CurrentKey, session: SessionD
 @router.get("/{model_id}/versions/{version}/checkpoint", response_class=Response,
             responses={200: {"content": {"application/octet-stream": {}}}, 307: {"description": "presigned URL"}})
 def download_checkpoint(model_id: str, version: int, _key: ReaderKey, session: SessionDep,
-                        storage: StorageDep) -> Response:
+                        storage: StorageDep, link: Annotated[bool, Query(description=(
+                            "Answer `{\"url\"}` (the presigned URL on S3, else null) instead of redirecting: "
+                            "for a browser, which cannot follow a redirect to another origin"))] = False) -> Response:
     """Download the checkpoint (a redirect to a presigned URL when objects live on S3)."""
     row = registry.get_version(session, model_id, version)
     url = storage.presigned_url(row.checkpoint_key)
+    if link:
+        return JSONResponse({"url": url})
     if url is not None:
         return RedirectResponse(url, status_code=307)
     assert isinstance(storage, LocalStorage)

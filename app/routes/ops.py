@@ -1,12 +1,11 @@
-"""Verify, health, readiness, metrics and the admin dashboard."""
+"""Verify, health, readiness and metrics."""
 
 from __future__ import annotations
 
-from importlib import resources
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 
 from app import metrics, verify
@@ -61,8 +60,3 @@ def prometheus(session: SessionDep) -> Response:
     body, content_type = metrics.render(session)
     return Response(body, media_type=content_type)
 
-
-@router.get("/dashboard", response_class=HTMLResponse, tags=["ops"])
-def dashboard() -> HTMLResponse:
-    """The admin page: jobs with state and progress, models with versions."""
-    return HTMLResponse(resources.files("app").joinpath("templates/dashboard.html").read_text())

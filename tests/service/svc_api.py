@@ -42,8 +42,11 @@ class Api:
     def h(self, role: str | None) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.keys[role]}"} if role else {}
 
-    def register_model(self, size: int = 16, channels: int = 1, name: str | None = None) -> dict[str, Any]:
-        files = [("checkpoint", ("base.safetensors", checkpoint(size, channels), "application/octet-stream"))]
+    def register_model(self, size: int = 16, channels: int = 1, name: str | None = None,
+                       blob: bytes | None = None) -> dict[str, Any]:
+        """A model of `size`² images; `blob` is its checkpoint (default: a header-only one no worker can load)."""
+        blob = blob if blob is not None else checkpoint(size, channels)
+        files = [("checkpoint", ("base.safetensors", blob, "application/octet-stream"))]
         files += [("remember", (f"r{i}.png", png(size, "L" if channels == 1 else "RGB", seed=i), "image/png"))
                   for i in range(3)]
         r = self.client.post("/v1/models", headers=self.h("admin"), data={"name": name or uuid.uuid4().hex},
@@ -53,8 +56,10 @@ class Api:
 
     def submit(self, model_id: str, role: str = "operator", files: list[Any] | None = None,
                parameters: dict[str, Any] | str | None = None, headers: dict[str, str] | None = None,
-               kind: str = "forget_identity", subject_ref: str = "ticket-1") -> Any:
+               kind: str = "forget_identity", subject_ref: str = "ticket-1", callback_url: str | None = None) -> Any:
         data = {"kind": kind, "model_id": model_id, "subject_ref": subject_ref}
+        if callback_url is not None:
+            data["callback_url"] = callback_url
         if parameters is not None:
             data["parameters"] = parameters if isinstance(parameters, str) else json.dumps(parameters)
         if files is None:

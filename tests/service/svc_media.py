@@ -61,3 +61,23 @@ def checkpoint(img_size: int = 16, channels: int = 1, n_bits: int = 5) -> bytes:
     raw = json.dumps(header).encode()
     raw += b" " * (-len(raw) % 8)
     return len(raw).to_bytes(8, "little") + raw + struct.pack("<2f", 1.0, 2.0)
+
+
+def glow_checkpoint(img_size: int = 16) -> bytes:
+    """A real (untrained, seeded) tiny Glow checkpoint that the worker can load, for runs on a fake pipeline."""
+    import tempfile
+    from pathlib import Path
+
+    import torch
+
+    from taming.checkpoint import save_checkpoint
+    from taming.glow import Glow, GlowConfig
+
+    torch.manual_seed(0)
+    model = Glow(GlowConfig(in_channel=1, img_size=img_size, n_flow=2, n_block=2, hidden=8, n_bits=5))
+    with torch.no_grad():
+        model(torch.rand(8, 1, img_size, img_size) - 0.5)  # data-dependent ActNorm init, as after training
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "glow.safetensors"
+        save_checkpoint(model, path, data_hash="", parent="")
+        return path.read_bytes()

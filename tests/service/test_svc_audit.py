@@ -48,8 +48,9 @@ def test_cli_keys_and_audit_verify(chain: Settings, monkeypatch: pytest.MonkeyPa
     try:
         runner = CliRunner()
         created = runner.invoke(keys_create, ["--role", "operator", "--name", "ci"])
-        assert created.exit_code == 0 and created.output.strip().startswith("tk_")
-        assert len(created.output.strip().splitlines()) == 1
+        assert created.exit_code == 0 and created.stdout.strip().startswith("tk_")
+        assert len(created.stdout.strip().splitlines()) == 1  # the key alone on stdout
+        assert "whsec_" in created.stderr and "whsec_" not in created.stdout
         assert runner.invoke(audit_verify).exit_code == 0
         with session_scope(chain) as session:
             session.execute(update(AuditLog).where(AuditLog.id == 4).values(actor="mallory"))

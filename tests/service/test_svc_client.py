@@ -86,6 +86,6 @@ def test_submit_client_and_exit_status(api: Api, tmp_path: Path) -> None:
                         parse_params(("delta=3", "forget_loss=scale_free")))
     assert job["parameters"]["delta"] == 3 and job["parameters"]["forget_loss"] == "scale_free"
     assert len(job["uploads"]) == 2
-    assert outcome(client, job) == 1  # still queued: not a success
+    assert outcome(client, job) == 4  # still queued: not a success (the timed-out status)
     with pytest.raises(ApiFailure, match="no model"):
         client.submit("forget_identity", "x" * 32, "t", {"forget": expand([tmp_path / "imgs"])})
