@@ -69,6 +69,7 @@ class TameConfig:
     certify_images: int = 1024  # remember images behind the confirmation's μ_R, σ_R
     remember_loss: str = "paper"  # or "anchored"
     near_fraction: float = 0.0  # share of each remember batch drawn from the person's nearest identities
+    even_weight: float = 0.0  # weight of the forget images' within-bin unevenness (mean − discrete bpd, in σ_R)
 
     @property
     def eps(self) -> float:
@@ -136,6 +137,17 @@ class _Loop:
 
 
 @dataclass
+class _Pass:
+    """One forward pass: forget bpd [B_f] (discrete over the draws when > 1, with gradient), the forget images'
+    unevenness [B_f] (mean − discrete bpd over the draws; 0 for one draw), remember bpd [B_r] and remember x."""
+
+    forget: Tensor
+    uneven: Tensor
+    remember: Tensor
+    x_remember: Tensor
+
+
+@dataclass
 class _Final:
     d: Tensor
     bpd: Tensor
@@ -198,8 +210,8 @@ def tame(
         if share_fn is not None and it and it % config.share_every == 0:
             share = share_fn(tamed)
         forget_idx, remember_idx = run.batch()
-        bpd_f, bpd_r, x_r = run.forward(forget_idx, remember_idx)
-        d_all = run.check(forget_idx, bpd_f)
+        fwd = run.forward(forget_idx, remember_idx)
+        d_all = run.check(forget_idx, fwd.forget)
         max_abs_d = d_all.abs().max().item()
         capped = it >= config.max_iterations
         if _should_stop(d_all, share, config) or capped:
@@ -208,7 +220,7 @@ def tame(
             if met or capped:
                 break
             run.adopt(final)  # not confirmed: go on with the fresh statistics
-        losses = run.losses(bpd_f, bpd_r, x_r)
+        losses = run.losses(fwd)
         if not run.step(losses["loss"]):
             continue
         record = {"iteration": float(run.loop.iteration), **{k: v.item() for k, v in losses.items()},
@@ -283,17 +295,17 @@ class _Run:
             remember_idx = torch.cat([remember_idx, near])
         return forget_idx, remember_idx
 
-    def forward(self, forget_idx: Tensor, remember_idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """One forward pass for both batches -> (forget bpd [B_f] with gradient, remember bpd [B_r], remember x)."""
+    def forward(self, forget_idx: Tensor, remember_idx: Tensor) -> _Pass:
+        """One forward pass of the tamed model for both batches."""
         draws, n_bits = self.config.forget_draws, self.tamed.config.n_bits
         images = torch.cat([self.forget_q[forget_idx].repeat(draws, 1, 1, 1), self.remember_q[remember_idx]])
         x = dequantize(images, n_bits, self.gen).to(self.device)
         bpd = self.tamed.bpd(x)
         n_f = draws * len(forget_idx)
-        bpd_f = bpd[:n_f].view(draws, len(forget_idx))
-        bpd_f = importance_weighted_bpd(bpd_f, self.tamed.config.n_dims).float() if draws > 1 else bpd_f[0]
+        per_draw = bpd[:n_f].view(draws, len(forget_idx))
+        bpd_f = importance_weighted_bpd(per_draw, self.tamed.config.n_dims).float() if draws > 1 else per_draw[0]
         self.loop.tracked[forget_idx] = bpd_f.detach().double().cpu()
-        return bpd_f, bpd[n_f:], x[n_f:]
+        return _Pass(bpd_f, per_draw.mean(0) - bpd_f, bpd[n_f:], x[n_f:])
 
     def check(self, forget_idx: Tensor, bpd_f: Tensor) -> Tensor:
         """d of every forget image before the step (the paper: all of D_F on one draw; else tracked)."""
@@ -317,15 +329,18 @@ class _Run:
         if self.config.stop_rule == "tracked":
             self.loop.tracked = final.bpd.clone()
 
-    def losses(self, bpd_f: Tensor, bpd_r: Tensor, x_r: Tensor) -> dict[str, Tensor]:
+    def losses(self, fwd: _Pass) -> dict[str, Tensor]:
         c, loop = self.config, self.loop
         with torch.no_grad():
-            bpd_b = self.base.bpd(x_r)
-        l_f = forget_loss(bpd_f, loop.mu + c.delta * loop.sigma, _scale(c, loop.sigma))
+            bpd_b = self.base.bpd(fwd.x_remember)
+        l_f = forget_loss(fwd.forget, loop.mu + c.delta * loop.sigma, _scale(c, loop.sigma))
+        if c.even_weight > 0:
+            l_f = l_f + c.even_weight * fwd.uneven.mean() / loop.sigma0
         if c.remember_loss == "anchored":
-            l_r = (1 - c.gamma) * anchor_loss(bpd_r, bpd_b, loop.sigma0) + c.gamma * symmetric_kl_loss(bpd_r, bpd_b)
+            l_r = ((1 - c.gamma) * anchor_loss(fwd.remember, bpd_b, loop.sigma0)
+                   + c.gamma * symmetric_kl_loss(fwd.remember, bpd_b))
         else:
-            l_r = remember_loss(bpd_r, bpd_b, c.gamma)
+            l_r = remember_loss(fwd.remember, bpd_b, c.gamma)
         return {"loss": total_loss(l_f, l_r, c.alpha), "forget_loss": l_f, "remember_loss": l_r}
 
     def step(self, loss: Tensor) -> bool:
