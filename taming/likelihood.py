@@ -11,6 +11,7 @@ raise the importance-weighted estimate that way once K is large enough.
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import torch
@@ -24,15 +25,31 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def image_keys(images: Tensor) -> Tensor:
+    """A 60-bit key of each image's content [N, ...] -> [N] int64: the seed of its own dequantization noise."""
+    flat = images.detach().cpu().contiguous()
+    return torch.tensor([int(hashlib.sha256(img.numpy().tobytes()).hexdigest()[:15], 16) for img in flat],
+                        dtype=torch.int64)
+
+
+def _keyed_noise(keys: Tensor, shape: tuple[int, ...], seed: int, draw: int) -> Tensor:
+    """Uniform noise [len(keys), *shape] in [0, 1), each image's from its own key: the same image gets the same
+    noise whatever set, subset or batch it is measured in."""
+    rows = [torch.rand(shape, generator=torch.Generator().manual_seed((int(k) + seed * 7_919 + draw * 104_729) % 2**63))
+            for k in keys.tolist()]
+    return torch.stack(rows)
+
+
 def bpd_draws(
     model: nn.Module, images_q: Tensor, n_bits: int, draws: int = 5, seed: int = 0, *,
-    gen: torch.Generator | None = None, batch_size: int = INFERENCE_BATCH,
+    gen: torch.Generator | None = None, keys: Tensor | None = None, batch_size: int = INFERENCE_BATCH,
 ) -> Tensor:
     """bpd of quantized images [N, C, H, W] under `draws` dequantization draws -> [draws, N] (float64, CPU).
 
-    Without `gen`, the noise of draw k comes from a CPU generator seeded by (seed, k), walked batch by batch, so
-    two models measured with the same seed see exactly the same dequantized images (paired comparisons). With
-    `gen`, the noise is taken from it (a run's own stream, so that resuming a run reproduces it).
+    The noise, so that two models measured alike see exactly the same dequantized images (paired comparisons):
+    with `keys` ([N], e.g. `image_keys`), each image's own (its value never depends on the other images); with
+    `gen`, taken from it (a run's own stream, so that resuming a run reproduces it); otherwise from a CPU
+    generator seeded by (seed, draw), walked batch by batch.
     """
     out = torch.zeros(draws, images_q.shape[0], dtype=torch.float64)
     if images_q.shape[0] == 0:
@@ -42,17 +59,22 @@ def bpd_draws(
         for draw in range(draws):
             noise = gen if gen is not None else torch.Generator().manual_seed(seed * 1_000_003 + draw)
             for start in range(0, images_q.shape[0], batch_size):
-                x = dequantize(images_q[start : start + batch_size], n_bits, noise).to(device)
-                out[draw, start : start + batch_size] = model.bpd(x).double().cpu()  # type: ignore[operator]
+                chunk = images_q[start : start + batch_size]
+                if keys is None:
+                    x = dequantize(chunk, n_bits, noise)
+                else:
+                    noise_u = _keyed_noise(keys[start : start + batch_size], tuple(chunk.shape[1:]), seed, draw)
+                    x = chunk + noise_u / 2**n_bits
+                out[draw, start : start + batch_size] = model.bpd(x.to(device)).double().cpu()  # type: ignore[operator]
     return out
 
 
 def mean_bpd(
     model: nn.Module, images_q: Tensor, n_bits: int, draws: int = 5, seed: int = 0, *,
-    gen: torch.Generator | None = None, batch_size: int = INFERENCE_BATCH,
+    gen: torch.Generator | None = None, keys: Tensor | None = None, batch_size: int = INFERENCE_BATCH,
 ) -> Tensor:
     """bpd averaged over `draws` dequantization draws (`bpd_draws`) -> [N] (float64, CPU)."""
-    return bpd_draws(model, images_q, n_bits, draws, seed, gen=gen, batch_size=batch_size).mean(0)
+    return bpd_draws(model, images_q, n_bits, draws, seed, gen=gen, keys=keys, batch_size=batch_size).mean(0)
 
 
 def importance_weighted_bpd(bpd: Tensor, dims: int) -> Tensor:

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from taming.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from taming.data import DataError, FaceSet, quantize, screen
-from taming.evaluate import discrete_likelihood, evaluate_sets, quantiles, sample_frechet
+from taming.evaluate import BaseCache, discrete_likelihood, evaluate_sets, quantiles, sample_frechet
 from taming.features import (
     Embedder,
     FeatureSpace,
@@ -124,15 +124,17 @@ def run_requests(
     probe = None
     if rebalance is None and isinstance(space, Embedder):
         probe = probe_samples(base, result.model, space, f"{parent_sha[:16]}-{space_key[:16]}", cache_dir)
+    cache = BaseCache(cache_dir / f"base-bpd-{parent_sha[:16]}.npz" if cache_dir else None)
     common = _Common(base, result, config, remember, remember_holdout, unseen, space, sha,
                      {"parent_sha256": parent_sha, **(model_meta or {})},
-                     device, started, sample_frechet(base, result.model, space, remember.images), probe)
+                     device, started, sample_frechet(base, result.model, space, remember.images), probe, cache)
     reports, html = {}, {}
     measured: dict[str, tuple[Tensor, Tensor]] = {}
     for plan in planned:
         report, figures = _report(plan, common, measured, rebalance, classifier)
         reports[plan.request.key] = report
         html[plan.request.key] = render_html(report, figures)
+    cache.save()
     return PipelineResult(sha, result.criterion_met, result.iterations, reports, html)
 
 
@@ -227,6 +229,7 @@ class _Common:
     started: float
     frechet: dict[str, Any] = field(default_factory=dict)  # the same two models for every request
     probe: SampleProbe | None = None  # both models' sample embeddings, for the generation evidence
+    base_cache: BaseCache | None = None  # the base model's figures of images measured for this version before
 
 
 def _report(plan: _Planned, c: _Common, measured: dict[str, tuple[Tensor, Tensor]], rebalance: Rebalance | None,
@@ -244,7 +247,8 @@ def _report(plan: _Planned, c: _Common, measured: dict[str, tuple[Tensor, Tensor
     if nearest:
         sets["remember_nearest"] = c.remember.select(nearest).images
     quantized = {k: quantize(v, n_bits) for k, v in sets.items()}
-    evaluation = evaluate_sets(c.base, c.result.model, quantized, n_bits, sigma_r=c.result.sigma_r, measured=measured)
+    evaluation = evaluate_sets(c.base, c.result.model, quantized, n_bits, sigma_r=c.result.sigma_r, measured=measured,
+                               base_cache=c.base_cache)
     measured.update({k: v for k, v in evaluation["bpd"].items() if k not in ("forget", "forget_holdout",
                                                                               "remember_nearest")})
     metrics = evaluation["metrics"]

@@ -149,9 +149,10 @@ def test_feature_network_is_trained_once_per_model(workspace: Path, two_people: 
         run_requests(workspace / "base.safetensors", two_people, [Request(key, forget)],
                      TameConfig(max_iterations=1), tmp_path / f"{key}.safetensors", cache_dir=tmp_path / "cache")
     cached = sorted(p.name for p in (tmp_path / "cache").iterdir())
-    assert cached[0] == f"features-{two_people.data_hash()[:16]}.safetensors"
-    # and the base model's samples for the generation evidence, once per version
-    assert len(cached) == 2 and cached[1].startswith(f"samples-{file_sha256(workspace / 'base.safetensors')[:16]}")
+    sha = file_sha256(workspace / "base.safetensors")[:16]
+    # the feature network once per model; the base model's figures and samples once per version
+    assert cached == [f"base-bpd-{sha}.npz", f"features-{two_people.data_hash()[:16]}.safetensors",
+                      f"samples-{sha}-{two_people.data_hash()[:16]}-1000-0.7-2024.pt"]
 
 
 def test_forgotten_people_leave_every_set_of_other_people(two_people: FaceSet) -> None:

@@ -173,3 +173,29 @@ def test_sample_frechet_uses_the_same_latents_for_both_models(model: Glow) -> No
     result = sample_frechet(model, copy.deepcopy(model), space, remember, n=32, seed=1, batch_size=16)
     assert result["feature_space"] == "pixel-pca-8"
     assert result["before"] == pytest.approx(result["after"]) and result["before"] > 0
+
+
+def test_keyed_noise_makes_an_image_s_bpd_independent_of_its_set(model: Glow) -> None:
+    from taming.likelihood import image_keys
+
+    x = _images(12, 3)
+    keys = image_keys(x)
+    whole = mean_bpd(model, x, N_BITS, draws=2, seed=5, keys=keys, batch_size=5)
+    part = mean_bpd(model, x[7:], N_BITS, draws=2, seed=5, keys=keys[7:], batch_size=2)
+    assert torch.allclose(whole[7:], part)  # the same noise whatever subset or batch it is measured in
+
+
+def test_base_cache_gives_what_a_fresh_measurement_gives(model: Glow, tmp_path) -> None:
+    from taming.evaluate import BaseCache
+    from taming.likelihood import image_keys
+
+    x = _images(10, 4)
+    keys = image_keys(x)
+    fresh = mean_bpd(model, x, N_BITS, draws=2, seed=0, keys=keys)
+    cache = BaseCache(tmp_path / "base.npz")
+    assert torch.allclose(cache.mean_bpd(model, x[:6], keys[:6], N_BITS, 2, 0), fresh[:6])
+    cache.save()
+    again = BaseCache(tmp_path / "base.npz")
+    assert len(again.values) == 6
+    assert torch.allclose(again.mean_bpd(model, x, keys, N_BITS, 2, 0), fresh)  # 4 measured, 6 from the file
+    assert again.dirty
