@@ -77,7 +77,7 @@ def _backbone(in_channel: int, width: int) -> nn.Sequential:
 class Embedder(nn.Module):
     """Identity CNN: images [N, C, S, S] -> L2-normalised embeddings [N, 64]."""
 
-    name = "att-identity-cnn-64"
+    name = "identity-cnn-64"
 
     def __init__(self, in_channel: int, width: int = 32, name: str | None = None):
         super().__init__()
@@ -102,10 +102,12 @@ class Embedder(nn.Module):
         return torch.cat(out) if out else torch.zeros(0, EMBED_DIM)
 
 
-def _known_identities(identity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(indices of images with a known identity, their labels remapped to 0..K-1)."""
-    keep = np.flatnonzero(np.asarray(identity) >= 0)
-    _, labels = np.unique(np.asarray(identity)[keep], return_inverse=True)
+def _known_identities(identity: np.ndarray, min_images: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(indices of images of identities known and with at least `min_images` images, labels remapped to 0..K-1)."""
+    identity = np.asarray(identity)
+    values, counts = np.unique(identity[identity >= 0], return_counts=True)
+    keep = np.flatnonzero(np.isin(identity, values[counts >= min_images]))
+    _, labels = np.unique(identity[keep], return_inverse=True)
     return keep, labels
 
 
@@ -116,15 +118,17 @@ def train_embedder(
     steps: int = 300,
     batch_size: int = 64,
     device: str = "cpu",
-    name: str = "att-identity-cnn-64",
+    name: str = "identity-cnn-64",
+    min_images: int = 1,
 ) -> Embedder:
-    """Train an identity classifier on images [N, C, S, S] with identity [N] (-1: unknown, left out).
+    """Train an identity classifier on images [N, C, S, S] with identity [N] (-1: unknown, left out), on the
+    identities with at least `min_images` images.
 
     The head is a cosine classifier (normalised weights, fixed scale): it makes classes separate by angle,
     which is what the cosine nearest-identity search and the normalised embedding need. ~300 steps of
     batch 64 take a few seconds on 2 CPU cores.
     """
-    keep, labels = _known_identities(identity)
+    keep, labels = _known_identities(identity, min_images)
     if labels.max(initial=-1) < 1:
         raise ValueError("training an identity embedder needs images of at least 2 known identities")
     torch.manual_seed(seed)
@@ -167,14 +171,20 @@ class PixelPCA:
         return (_prepare(images_u8).flatten(1) - self.mean) @ self.components.T
 
 
-def feature_space(images_u8: Tensor, identity: np.ndarray, seed: int = 0, steps: int = 300) -> Embedder | PixelPCA:
+def feature_space(images_u8: Tensor, identity: np.ndarray, seed: int = 0, steps: int = 300,
+                  epochs: int = 8, max_steps: int = 2000) -> Embedder | PixelPCA:
     """The identity CNN when at least two identities are known, otherwise PCA of pixels.
 
-    images_u8 [N, C, S, S], identity [N] (-1 where unknown): the base model's training images.
+    images_u8 [N, C, S, S], identity [N] (-1 where unknown): the base model's training images. Identities with a
+    single image teach no invariance, so they are left out when at least two identities have two images or more
+    (LFW: 4,069 of its 5,749 people have one photo); the network trains for `epochs` passes over what is left,
+    at least `steps` and at most `max_steps` steps of 64.
     """
-    _, labels = _known_identities(identity)
+    min_images = 2 if _known_identities(identity, 2)[1].max(initial=-1) >= 1 else 1
+    keep, labels = _known_identities(identity, min_images)
     if labels.max(initial=-1) >= 1:
-        return train_embedder(images_u8, identity, seed=seed, steps=steps)
+        n_steps = int(np.clip(epochs * len(keep) // 64, steps, max_steps))
+        return train_embedder(images_u8, identity, seed=seed, steps=n_steps, min_images=min_images)
     return PixelPCA.fit(images_u8)
 
 

@@ -36,6 +36,8 @@ from taming.measure import SampleProbe, certificate, generation, negatives_for, 
 from taming.report import build_report, make_figures, render_html
 from taming.tame import StepInfo, TameConfig, TameResult, tame
 
+FEATURES_VERSION = "v2"  # bumped whenever the feature network's recipe changes, so no stale network is reused
+
 
 @dataclass
 class Request:
@@ -190,7 +192,7 @@ def _rebalance_sets(requests: list[Request], rebalance: Rebalance,
 
 def features_for(remember: FaceSet, cache_dir: Path | None) -> FeatureSpace:
     """The project's own feature space for this remember set, trained once and cached by data hash."""
-    path = cache_dir / f"features-{remember.data_hash()[:16]}.safetensors" if cache_dir else None
+    path = cache_dir / f"features-{FEATURES_VERSION}-{remember.data_hash()[:16]}.safetensors" if cache_dir else None
     if path is not None and path.exists():
         return load_embedder(path)
     space = feature_space(remember.images, remember.identity)

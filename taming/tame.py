@@ -70,6 +70,7 @@ class TameConfig:
     remember_loss: str = "paper"  # or "anchored"
     near_fraction: float = 0.0  # share of each remember batch drawn from the person's nearest identities
     even_weight: float = 0.0  # weight of the forget images' within-bin unevenness (mean − discrete bpd, in σ_R)
+    stats_rule: str = "refresh"  # or "rolling": μ_R, σ_R over the last stats_images remember bpd of the steps
 
     @property
     def eps(self) -> float:
@@ -134,6 +135,8 @@ class _Loop:
     sigma0: float = float("nan")  # σ_R of the base model: the unit of the anchored remember loss
     tracked: Tensor = field(default_factory=lambda: torch.zeros(0))  # [K] latest bpd of each forget image
     cursor: int = 0  # where the rotating re-measurement of tracked estimates goes on
+    window: Tensor = field(default_factory=lambda: torch.zeros(0))  # rolling remember bpd (stats_rule "rolling")
+    slot: int = 0  # where the next remember bpd goes in the window
 
 
 @dataclass
@@ -160,11 +163,17 @@ def bpd_of(model: Glow, images_q: Tensor, gen: torch.Generator, draws: int = 1, 
     return estimate(model, images_q, model.config.n_bits, draws, estimator, gen=gen)
 
 
+def remember_bpd(model: Glow, remember_q: Tensor, gen: torch.Generator, n: int, draws: int = 1,
+                 estimator: str = "mean") -> Tensor:
+    """bpd of up to n random remember images under `model` -> [n] (float64)."""
+    idx = torch.randperm(len(remember_q), generator=gen)[:n]
+    return bpd_of(model, remember_q[idx], gen, draws, estimator)
+
+
 def remember_stats(model: Glow, remember_q: Tensor, gen: torch.Generator, n: int, draws: int = 1,
                    estimator: str = "mean") -> tuple[float, float]:
     """μ_R, σ_R: mean and std of bpd over up to n remember images under `model`."""
-    idx = torch.randperm(len(remember_q), generator=gen)[:n]
-    values = bpd_of(model, remember_q[idx], gen, draws, estimator)
+    values = remember_bpd(model, remember_q, gen, n, draws, estimator)
     return values.mean().item(), values.std().item()
 
 
@@ -243,6 +252,9 @@ class _Run:
         tamed.requires_grad_(True)
         self.tamed, self.base, self.forget_q, self.remember_q, self.config = tamed, base, forget_q, remember_q, config
         self.near = near if near is not None and len(near) else None
+        # remember images drawn at random per step (the rest come from the nearest identities)
+        self.n_random = config.remember_batch - (round(config.near_fraction * config.remember_batch)
+                                                 if self.near is not None else 0)
         self.device = next(tamed.parameters()).device
         self.gen = torch.Generator().manual_seed(config.seed)
         self.loop = _Loop(lr=config.lr, tracked=torch.full((len(forget_q),), float("nan"), dtype=torch.float64))
@@ -251,9 +263,11 @@ class _Run:
         self.start = time.perf_counter()
 
     def begin(self) -> None:
-        c = self.config
-        self.loop.mu, self.loop.sigma = remember_stats(self.tamed, self.remember_q, self.gen, c.stats_images)
+        values = remember_bpd(self.tamed, self.remember_q, self.gen, self.config.stats_images)
+        self.loop.mu, self.loop.sigma = values.mean().item(), values.std().item()
         self.loop.sigma0 = self.loop.sigma
+        if self.config.stats_rule == "rolling":
+            self.loop.window = values.clone()
 
     def restore(self, state: dict[str, Any]) -> None:
         self.loop = _restore(state, self.tamed, self.optimizer, self.gen)
@@ -265,7 +279,8 @@ class _Run:
         c = self.config
         if not it or it % c.stats_every:
             return
-        self.loop.mu, self.loop.sigma = remember_stats(self.tamed, self.remember_q, self.gen, c.stats_images)
+        if c.stats_rule != "rolling":
+            self.loop.mu, self.loop.sigma = remember_stats(self.tamed, self.remember_q, self.gen, c.stats_images)
         self.good = _snapshot(self.tamed, self.optimizer)
         if c.stop_rule == "tracked" or c.batch_policy == "lowest":
             self._remeasure()
@@ -287,8 +302,8 @@ class _Run:
             forget_idx = _lowest(self.loop.tracked, self.loop.mu, self.loop.sigma, c, self.gen)
         else:
             forget_idx = torch.randperm(k, generator=self.gen)[: c.forget_batch]
-        n_near = round(c.near_fraction * c.remember_batch) if self.near is not None else 0
-        remember_idx = torch.randint(len(self.remember_q), (c.remember_batch - n_near,), generator=self.gen)
+        n_near = c.remember_batch - self.n_random
+        remember_idx = torch.randint(len(self.remember_q), (self.n_random,), generator=self.gen)
         if n_near:
             assert self.near is not None
             near = self.near[torch.randint(len(self.near), (n_near,), generator=self.gen)]
@@ -305,7 +320,19 @@ class _Run:
         per_draw = bpd[:n_f].view(draws, len(forget_idx))
         bpd_f = importance_weighted_bpd(per_draw, self.tamed.config.n_dims).float() if draws > 1 else per_draw[0]
         self.loop.tracked[forget_idx] = bpd_f.detach().double().cpu()
+        if self.config.stats_rule == "rolling":
+            self._roll(bpd[n_f : n_f + self.n_random].detach().double().cpu())
         return _Pass(bpd_f, per_draw.mean(0) - bpd_f, bpd[n_f:], x[n_f:])
+
+    def _roll(self, values: Tensor) -> None:
+        """μ_R, σ_R over a window of the remember bpd the steps measured anyway: no refresh pass at all. The
+        window spans the last stats_images / remember_batch steps (128 by default); the learning rate is small
+        and the remember loss holds D_R in place, so the statistics lag little (README, "Step cost")."""
+        loop = self.loop
+        idx = (torch.arange(len(values)) + loop.slot) % len(loop.window)
+        loop.window[idx] = values
+        loop.slot = int((loop.slot + len(values)) % len(loop.window))
+        loop.mu, loop.sigma = loop.window.mean().item(), loop.window.std().item()
 
     def check(self, forget_idx: Tensor, bpd_f: Tensor) -> Tensor:
         """d of every forget image before the step (the paper: all of D_F on one draw; else tracked)."""
@@ -367,6 +394,7 @@ class _Run:
 
 def _check(config: TameConfig) -> None:
     choices = {"batch_policy": ("random", "lowest"), "stop_rule": ("paper", "tracked"),
+               "stats_rule": ("refresh", "rolling"),
                "certify": ("mean", "discrete"), "remember_loss": ("paper", "anchored"),
                "forget_loss": ("paper", "scale_free")}
     for name, allowed in choices.items():
@@ -448,6 +476,8 @@ def _state(loop: _Loop, model: Glow, optimizer: torch.optim.Optimizer, gen: torc
         "sigma0": loop.sigma0,
         "tracked": loop.tracked.clone(),
         "cursor": loop.cursor,
+        "window": loop.window.clone(),
+        "slot": loop.slot,
     }
 
 
@@ -461,5 +491,6 @@ def _restore(state: dict[str, Any], model: Glow, optimizer: torch.optim.Optimize
                  state["mu"], state["sigma"], state.get("sigma0", state["sigma"]))
     if "tracked" in state:
         loop.tracked, loop.cursor = state["tracked"].clone(), int(state["cursor"])
+        loop.window, loop.slot = state["window"].clone(), int(state["slot"])
     return loop
 

@@ -151,7 +151,7 @@ def test_feature_network_is_trained_once_per_model(workspace: Path, two_people: 
     cached = sorted(p.name for p in (tmp_path / "cache").iterdir())
     sha = file_sha256(workspace / "base.safetensors")[:16]
     # the feature network once per model; the base model's figures and samples once per version
-    assert cached == [f"base-bpd-{sha}.npz", f"features-{two_people.data_hash()[:16]}.safetensors",
+    assert cached == [f"base-bpd-{sha}.npz", f"features-v2-{two_people.data_hash()[:16]}.safetensors",
                       f"samples-{sha}-{two_people.data_hash()[:16]}-1000-0.7-2024.pt"]
 
 

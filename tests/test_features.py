@@ -67,7 +67,7 @@ def test_feature_space_picks_the_cnn_with_identities() -> None:
     images, identity = _people(2, 6, seed=0)
     identity[:3] = -1  # unknown images are left out of training, not fatal
     space = feature_space(images, identity, seed=0, steps=5)
-    assert isinstance(space, Embedder) and space.name == "att-identity-cnn-64"
+    assert isinstance(space, Embedder) and space.name == "identity-cnn-64"
 
 
 def test_save_and_load_round_trip(embedder: Embedder, tmp_path: Path) -> None:

@@ -61,7 +61,7 @@ def _report(subject_ref: str = "ticket-42") -> dict[str, Any]:
             "bpd_shift_sigma": {s: 0.1 for s in (*sets, "remember_holdout")},
             "bpd_remember": {"before": np.float32(3.0), "after": 3.01},
             "ks_normality": {"statistic": 0.05, "p_value": float("nan")},
-            "frechet_distance": {"feature_space": "att-identity-cnn-64", "before": 1.0, "after": 1.1},
+            "frechet_distance": {"feature_space": "identity-cnn-64", "before": 1.0, "after": 1.1},
         },
         history=[
             {"iteration": i, "max_abs_d": 4.0 - i / 30, "epsilon": 0.6, "mu_r": 3.0, "sigma_r": 0.1}
