@@ -15,6 +15,8 @@ REQUESTS = Counter("taming_http_requests_total", "HTTP requests", ["method", "ro
 LATENCY = Histogram("taming_http_request_seconds", "HTTP request latency", ["method", "route"],
                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
 JOBS = Gauge("taming_jobs", "Jobs by state", ["state"])
+VERIFY_SECONDS = Histogram("taming_verify_seconds", "POST /v1/verify: seconds per call, by verdict", ["outcome"],
+                           buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2.5, 5, 10, 30, 60))
 
 
 class Metrics:

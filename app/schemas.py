@@ -142,3 +142,41 @@ class PromoteRequest(BaseModel):
 class Health(BaseModel):
     status: str
     checks: dict[str, str] = {}
+
+
+class VerifyImage(BaseModel):
+    name: str
+    sha256: str
+    excluded_reason: str | None = Field(description="Why the image carries no identity; such images are not counted.")
+    bpd: float = Field(description="Bits per dimension, averaged over 5 dequantization draws.")
+    quantile: float = Field(description="Likelihood quantile 1 − Φ((bpd − μ_R)/σ_R); small means unusual.")
+    d: float = Field(description="(bpd − threshold) / σ_R.")
+    reached: bool = Field(description="At or past the threshold: d ≥ −ε (δ < 0: d ≤ ε).")
+    counted: bool = Field(description="Part of the set's verdict.")
+
+
+class RememberStatsOut(BaseModel):
+    mu: float = Field(description="μ_R: mean bpd of the remember images under this version.")
+    sigma: float = Field(description="σ_R: their standard deviation.")
+    n: int = Field(description="Remember images measured.")
+    draws: int
+    source: Literal["run", "reference_set"] = Field(
+        description="run: measured by the job that made this version, on its remember set without the people it "
+        "forgot (the report's reference); reference_set: measured on the model's whole reference remember set.")
+
+
+class VerifyOut(BaseModel):
+    """`POST /v1/verify`: each image against the version's threshold, and the verdict for the set."""
+
+    model_id: str
+    version: int
+    sha256: str = Field(description="SHA-256 of the version's checkpoint.")
+    delta: float
+    epsilon: float
+    threshold: float = Field(description="t = μ_R + δ·σ_R, in bpd.")
+    remember: RememberStatsOut
+    images: list[VerifyImage]
+    reached: bool = Field(description="The verdict: every counted image at or past the threshold.")
+    counted: int = Field(description="Images that count towards the verdict (those that carry an identity).")
+    summary: str
+    seconds: float = Field(description="Time the likelihood computation took.")

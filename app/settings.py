@@ -61,7 +61,13 @@ class Settings(BaseSettings):
     require_promotion: bool = Field(
         default=False, description="Default for new models: a tamed version becomes current only when promoted."
     )
-    verify_timeout_seconds: float = Field(default=300, gt=0, description="Longest a `POST /v1/verify` may compute.")
+    verify_timeout_seconds: float = Field(
+        default=300, gt=0, description="Longest a `POST /v1/verify` may wait and compute (the first on a new "
+        "version also measures its remember set)."
+    )
+    verify_prestart: bool = Field(
+        default=True, description="Start the API's warm verify process with the API, not on the first request."
+    )
 
     @model_validator(mode="after")
     def _fill_paths(self) -> Settings:

@@ -111,8 +111,11 @@ def test_sample_verify_and_import(workspace: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(verify_command, ["--model", str(workspace / "base.safetensors"), "--images",
                                                  str(workspace / "holdout"), "--remember",
                                                  str(workspace / "remember"), "--json"])
-    assert result.exit_code == 0, result.output
-    assert len(json.loads(result.output)["images"]) == 3
+    verdict = json.loads(result.output)
+    assert len(verdict["images"]) == 3 and verdict["counted"] == 3
+    # person 0's photos under the base model sit near μ_R, far short of μ_R + 4σ_R: not forgotten, exit 1
+    assert verdict["reached"] is False and result.exit_code == 1, result.output
+    assert all(i["d"] < -0.6 and not i["reached"] for i in verdict["images"])
     model, _ = load_checkpoint(workspace / "base.safetensors")
     torch.save({"module." + k: v for k, v in model.state_dict().items()}, tmp_path / "sd.pt")
     c = model.config

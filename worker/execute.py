@@ -61,12 +61,17 @@ def _fetch_prefix(storage: Storage, prefix: str, folder: Path) -> list[Path]:
     return paths
 
 
-def fetch_remember(storage: Storage, model: Model, folder: Path) -> FaceSet:
-    prefix = model.remember_prefix.rstrip("/") + "/"
+def fetch_set(storage: Storage, prefix: str, size: int, channels: int, folder: Path) -> FaceSet:
+    """A stored image set (one .npz, or images) under `prefix`, loaded at the model's size."""
+    prefix = prefix.rstrip("/") + "/"
     paths = _fetch_prefix(storage, prefix, folder)
     npz = [p for p in paths if p.suffix == ".npz"]
     source = npz[0] if len(npz) == 1 else folder  # one .npz, or a folder of images
-    return load_faces(source, model.image_size, model.channels)
+    return load_faces(source, size, channels)
+
+
+def fetch_remember(storage: Storage, model: Model, folder: Path) -> FaceSet:
+    return fetch_set(storage, model.remember_prefix, model.image_size, model.channels, folder)
 
 
 def fetch_uploads(storage: Storage, job: Job, field: str, model: Model, folder: Path) -> FaceSet | None:
