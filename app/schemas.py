@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.models import Job, Model, ModelVersion
+from app.models import TERMINAL_STATES, Job, Model, ModelVersion
 
 
 class JobParameters(BaseModel):
@@ -35,14 +35,42 @@ class JobParameters(BaseModel):
         return self
 
 
+PHASES = ("queued", "loading", "features", "taming", "confirming", "evaluating", "reporting", "done")
+
+
 class Progress(BaseModel):
+    """Where a job is: its phase at all times, the taming loop's figures, and ETAs that say what they are."""
+
     model_config = ConfigDict(extra="allow")
 
     iteration: int = 0
-    max_iterations: int | None = None
+    max_iterations: int | None = Field(default=None, description="The iteration cap; once done, the final iteration "
+                                       "(the cap is then in iteration_cap).")
     max_abs_d: float | None = None
     share: float | None = None
-    eta_seconds: float | None = None
+    phase: str = Field(default="queued", description=" → ".join(PHASES))
+    phase_started_at: str | None = None
+    phase_seconds: dict[str, float] = Field(default_factory=dict, description="Seconds spent in each phase so far.")
+    done: bool = Field(default=False, description="The job has ended (its state says how).")
+    eta_seconds: float | None = Field(
+        default=None, description="Estimated seconds left in the current phase; null when there is no estimate. "
+        "eta_basis says how it was estimated.")
+    eta_basis: str | None = None
+    eta_cap_seconds: float | None = Field(
+        default=None, description="Taming only: seconds to the iteration cap at the current pace, an upper bound.")
+    iterations_per_second: float | None = None
+
+    @classmethod
+    def of(cls, job: Job) -> Progress:
+        progress = dict(job.progress or {})
+        progress.setdefault("max_iterations", (job.parameters or {}).get("max_iterations"))
+        # the row may predate a phase (claimed, not yet loading; ended by the API or the sweeper)
+        progress["done"] = job.state in TERMINAL_STATES
+        if progress["done"]:
+            progress["phase"] = "done"
+        else:
+            progress.setdefault("phase", "queued" if job.state == "queued" else "loading")
+        return cls(**progress)
 
 
 class UploadOut(BaseModel):
@@ -74,11 +102,9 @@ class JobOut(BaseModel):
 
     @classmethod
     def of(cls, job: Job) -> JobOut:
-        progress = dict(job.progress or {})
-        progress.setdefault("max_iterations", (job.parameters or {}).get("max_iterations"))
         return cls(
             id=job.id, kind=job.kind, state=job.state, model_id=job.model_id, subject_ref=job.subject_ref,
-            progress=Progress(**progress), attempts=job.attempts, version=job.version,
+            progress=Progress.of(job), attempts=job.attempts, version=job.version,
             base_version=job.base_version, error=job.error, cancel_requested=job.cancel_requested,
             parameters=job.parameters or {}, uploads=[UploadOut(**u) for u in job.uploads or []],
             submitted_by=job.submitted_by, callback_url=job.callback_url, created_at=job.created_at,

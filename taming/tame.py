@@ -140,12 +140,15 @@ def tame(
     on_step: Callable[[StepInfo], None] | None = None,
     resume: dict[str, Any] | None = None,
     share_fn: Callable[[Glow], float] | None = None,
+    on_phase: Callable[[str], None] | None = None,
 ) -> TameResult:
     """Run Algorithm 1 on `tamed` (modified in place; `base` is never touched).
 
     forget_q [K, C, H, W] and remember_q [N, C, H, W] are quantized images (taming.data.quantize) and
     must not share a person (DESIGN.md section 4, step 8). `share_fn(model)`, with `config.target_share`,
-    turns the run into attribute rebalancing: it stops when the share reaches the target.
+    turns the run into attribute rebalancing: it stops when the share reaches the target. `on_phase` hears
+    "confirming" when a stop is being confirmed on fresh statistics and "taming" when an unconfirmed one
+    goes on iterating.
     """
     base.eval()
     tamed.requires_grad_(True)
@@ -177,12 +180,16 @@ def tame(
         d_all = _check_distances(tamed, forget_q, forget_idx, bpd_f, mu, sigma, config, gen)
         max_abs_d = d_all.abs().max().item()
         if _should_stop(d_all, share, config) or it >= config.max_iterations:
+            if on_phase is not None:
+                on_phase("confirming")
             final = _confirm(tamed, forget_q, remember_q, config, gen)
             met = _share_reached(share, config) if share is not None else confirmed(final[0], config)
             if met or it >= config.max_iterations:
                 reason = _reason(met, it >= config.max_iterations)
                 break
             mu, sigma = loop.mu, loop.sigma = final[2], final[3]  # not confirmed: go on with the fresh statistics
+            if on_phase is not None:
+                on_phase("taming")
         with torch.no_grad():
             bpd_b = base.bpd(x[len(forget_idx) :])
         l_f = forget_loss(bpd_f, mu + config.delta * sigma, _scale(config, sigma))

@@ -58,6 +58,9 @@ def test_tame_writes_checkpoint_and_reports(workspace: Path) -> None:
     assert all(not i["excluded"] and i["d"] >= -1.0 for i in items[:4])
     for key in ("forget", "forget_holdout", "remember"):
         assert key in data["metrics"]["quantile_drop"]
+    # no held-out remember images given: the person's held-out photos are measured against D_R, and it says so
+    assert data["metrics"]["quantile_reference"]["forget_holdout"] == "remember"
+    assert data["metrics"]["reference_stats"]["remember"]["tamed"]["n"] == 20
     assert {"before", "after"} <= set(data["metrics"]["bpd_remember"])
     check = data["metrics"]["discrete_likelihood"]
     assert check["forget"]["images"] == 4 and check["forget"]["after"] > check["forget"]["before"]
@@ -180,3 +183,14 @@ def test_report_compares_with_other_people_only(workspace: Path, two_people: Fac
                           cache_dir=tmp_path)
     shifts = result.reports["r"]["metrics"]["bpd_shift_sigma"]
     assert "forget_holdout" in shifts and "remember_holdout" not in shifts
+
+
+def test_the_pipeline_announces_its_phases(workspace: Path, two_people: FaceSet, tmp_path: Path) -> None:
+    from taming.pipeline import Request, run_requests
+    from taming.tame import TameConfig
+
+    phases: list[str] = []
+    forget = two_people.subset(np.flatnonzero(two_people.identity == 0)[:3])
+    run_requests(workspace / "base.safetensors", two_people, [Request("r", forget)], TameConfig(max_iterations=1),
+                 tmp_path / "t.safetensors", on_phase=phases.append)
+    assert phases == ["loading", "features", "taming", "confirming", "evaluating", "reporting"]
