@@ -125,13 +125,15 @@ class ModelOut(BaseModel):
     channels: int
     n_bits: int
     require_promotion: bool
+    remember_holdout: bool = Field(description="Held-out remember photos were given (the held-out sets' reference).")
     created_at: datetime
 
     @classmethod
     def of(cls, model: Model) -> ModelOut:
         return cls(id=model.id, name=model.name, current_version=model.current_version,
                    image_size=model.image_size, channels=model.channels, n_bits=model.n_bits,
-                   require_promotion=model.require_promotion, created_at=model.created_at)
+                   require_promotion=model.require_promotion,
+                   remember_holdout=model.remember_holdout_prefix is not None, created_at=model.created_at)
 
 
 class ModelList(BaseModel):

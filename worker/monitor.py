@@ -137,10 +137,12 @@ class RunMonitor:
                     if not lease.renew(session, self.batch.model_id, self.owner, self.t.lease_seconds, utcnow()):
                         self.lease_lost.set()
                         return
+                    # outside the taming loop nothing else writes: refresh the phase's seconds and ETA
+                    fresh = {} if self.clock.phase == "taming" else {"progress": self.progress()}
                     session.execute(
                         update(Job)
                         .where(Job.run_id == self.batch.run_id, Job.state == "running")
-                        .values(heartbeat_at=utcnow())
+                        .values(heartbeat_at=utcnow(), **fresh)
                         .execution_options(synchronize_session=False)
                     )
             except Exception:  # a database hiccup: try again next beat

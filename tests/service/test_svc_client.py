@@ -57,6 +57,27 @@ def test_npz_remember_set(api: Api) -> None:
     assert api.storage.list(f"remember/{r.json()['id']}/") == [f"remember/{r.json()['id']}/remember.npz"]
 
 
+def test_a_held_out_remember_set_is_stored_beside_the_remember_set(api: Api) -> None:
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez(buf, images=np.zeros((2, 16, 16), dtype=np.uint8))
+    files = [("checkpoint", ("c", checkpoint(), "x")), ("remember", ("r.png", png(16), "image/png")),
+             ("remember_holdout", ("held.npz", buf.getvalue(), "x"))]
+    r = api.client.post("/v1/models", headers=api.h("admin"), data={"name": "held"}, files=files)
+    assert r.status_code == 201, r.text
+    model_id = r.json()["id"]
+    assert r.json()["remember_holdout"] is True
+    assert api.storage.list(f"remember_holdout/{model_id}/") == [f"remember_holdout/{model_id}/remember_holdout.npz"]
+    assert api.register_model()["remember_holdout"] is False  # optional
+    files[2] = ("remember_holdout", ("held.npz", b"PK\x03\x04 not a zip", "x"))
+    r = api.client.post("/v1/models", headers=api.h("admin"), data={"name": "bad"}, files=files)
+    assert r.status_code == 422 and "remember_holdout" in r.json()["error"]["message"]
+    assert api.storage.list("remember_holdout/") == [f"remember_holdout/{model_id}/remember_holdout.npz"]
+
+
 def test_verify_answers_a_verdict_per_image_and_for_the_set(api: Api) -> None:
     verifier = CannedVerifier(bpd=5.0)  # d = (5 - 4) / 0.5 = +2: at or past the threshold
     api.app.state.verifier = verifier
