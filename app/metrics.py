@@ -1,14 +1,16 @@
-"""Prometheus metrics: request counts and latency per route template, jobs by state (read at scrape)."""
+"""Prometheus metrics: request counts and latency per route template and verify latency (this process),
+jobs by state and the job metrics of app/job_metrics.py (read from the database at scrape)."""
 
 from __future__ import annotations
 
 import time
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.job_metrics import JobCollector
 from app.models import JOB_STATES, Job
 
 REQUESTS = Counter("taming_http_requests_total", "HTTP requests", ["method", "route", "status"])
@@ -50,4 +52,6 @@ def render(session: Session) -> tuple[bytes, str]:
     counts = dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).tuples().all())
     for state in JOB_STATES:
         JOBS.labels(state).set(counts.get(state, 0))
-    return generate_latest(), CONTENT_TYPE_LATEST
+    from_rows = CollectorRegistry(auto_describe=False)
+    from_rows.register(JobCollector(session))
+    return generate_latest() + generate_latest(from_rows), CONTENT_TYPE_LATEST
