@@ -25,6 +25,7 @@ from typing import Any
 PHASES = ("loading", "features", "taming", "confirming", "evaluating", "reporting")
 DONE = "done"
 TREND_WINDOW = 30  # iterations the taming trend is fitted over
+TREND_MIN_POINTS = 10  # fewer say nothing about where max |d| is heading
 BASIS_TREND = "trend of {quantity} over the last {n} iterations"
 BASIS_PREVIOUS = "the same phase of the previous run on this model"
 
@@ -55,7 +56,7 @@ class Trend:
 
     def iterations_to(self, target: float) -> float | None:
         """Iterations from the last point until the fitted line meets `target`; None when it moves away."""
-        if len(self.points) < max(5, self.points.maxlen // 3 if self.points.maxlen else 5):
+        if len(self.points) < TREND_MIN_POINTS:
             return None
         xs = [p[0] for p in self.points]
         ys = [p[1] for p in self.points]
