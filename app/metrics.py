@@ -49,7 +49,7 @@ class Metrics:
 
 
 def render(session: Session) -> tuple[bytes, str]:
-    counts = dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).tuples().all())
+    counts = {state: n for state, n in session.execute(select(Job.state, func.count()).group_by(Job.state))}
     for state in JOB_STATES:
         JOBS.labels(state).set(counts.get(state, 0))
     from_rows = CollectorRegistry(auto_describe=False)

@@ -56,6 +56,7 @@ class RunMonitor:
         self.last_write_time = 0.0
         self.last_state_iteration = resumed_from
         self.lease_lost = threading.Event()
+        self.writing = threading.Lock()  # the heartbeat must not overwrite a newer phase with an older one
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._beat, name=f"heartbeat-{batch.run_id[:8]}", daemon=True)
 
@@ -110,7 +111,7 @@ class RunMonitor:
                 "saved_iteration": self.last_state_iteration, "run_jobs": len(self.batch.job_ids)}
 
     def _write(self) -> None:
-        with session_scope(self.settings) as session:
+        with self.writing, session_scope(self.settings) as session:
             if not lease.renew(session, self.batch.model_id, self.owner, self.t.lease_seconds, utcnow()):
                 self.lease_lost.set()
                 raise LeaseLost(self.batch.model_id)
@@ -133,7 +134,7 @@ class RunMonitor:
         limit = self.t.job_time_limit_seconds + 2 * self.t.heartbeat_seconds
         while not self.done.wait(self.t.heartbeat_seconds) and time.monotonic() - self.started < limit:
             try:
-                with session_scope(self.settings) as session:
+                with self.writing, session_scope(self.settings) as session:
                     if not lease.renew(session, self.batch.model_id, self.owner, self.t.lease_seconds, utcnow()):
                         self.lease_lost.set()
                         return
