@@ -78,9 +78,13 @@ class Verifier:
             self._lock.release()
 
     def close(self) -> None:
-        """Stop the child: closing its stdin ends it; a child that lingers is killed."""
-        with self._lock:
-            self._stop()
+        """Stop the child: closing its stdin ends it; a child that lingers, or is busy with a request, is killed."""
+        idle = self._lock.acquire(timeout=STOP_GRACE_S)
+        try:
+            self._stop(graceful=idle)
+        finally:
+            if idle:
+                self._lock.release()
 
     def _spawn_if_needed(self) -> None:
         if self._proc is not None and self._proc.poll() is None:

@@ -185,12 +185,19 @@ def test_report_compares_with_other_people_only(workspace: Path, two_people: Fac
     assert "forget_holdout" in shifts and "remember_holdout" not in shifts
 
 
-def test_the_pipeline_announces_its_phases(workspace: Path, two_people: FaceSet, tmp_path: Path) -> None:
+def test_the_pipeline_announces_its_phases_and_names_each_quantiles_reference(
+        workspace: Path, two_people: FaceSet, tmp_path: Path) -> None:
     from taming.pipeline import Request, run_requests
     from taming.tame import TameConfig
 
     phases: list[str] = []
-    forget = two_people.subset(np.flatnonzero(two_people.identity == 0)[:3])
-    run_requests(workspace / "base.safetensors", two_people, [Request("r", forget)], TameConfig(max_iterations=1),
-                 tmp_path / "t.safetensors", on_phase=phases.append)
+    person0, person1 = (np.flatnonzero(two_people.identity == p) for p in (0, 1))
+    request = Request("r", two_people.subset(person0[:3]), holdout=two_people.subset(person0[15:18]))
+    result = run_requests(workspace / "base.safetensors", two_people.subset(np.r_[person0[:15], person1[:15]]),
+                          [request], TameConfig(max_iterations=1), tmp_path / "t.safetensors",
+                          remember_holdout=two_people.subset(person1[15:]), on_phase=phases.append)
     assert phases == ["loading", "features", "taming", "confirming", "evaluating", "reporting"]
+    # the person's held-out photos against other people's held-out photos, the rest against D_R
+    reference = result.reports["r"]["metrics"]["quantile_reference"]
+    assert reference["forget_holdout"] == reference["remember_holdout"] == "remember_holdout"
+    assert reference["forget"] == reference["remember"] == "remember"
