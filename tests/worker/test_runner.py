@@ -25,8 +25,10 @@ PARAMS = {"max_iterations": 12, "delta": 2.0}
 
 
 @pytest.fixture
-def stack(embedded: Any, model_files: dict[str, Any]) -> tuple[Any, str]:
-    fake_pipeline.install(0.0)
+def stack(embedded: Any, model_files: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> tuple[Any, str]:
+    # through monkeypatch, so that the real pipeline is back for the tests that run after these
+    monkeypatch.setattr("taming.pipeline.run_requests", fake_pipeline.run_requests)
+    monkeypatch.setattr(fake_pipeline, "STEP_SECONDS", 0.0)
     fake_pipeline.RUNS.clear()
     return embedded, h.add_model(embedded, model_files)
 
