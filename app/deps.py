@@ -1,4 +1,4 @@
-"""FastAPI dependencies for the per-app objects: settings, storage, the doorbell."""
+"""FastAPI dependencies for the per-app objects: settings, storage, the doorbell, the verify process."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from app.jobs import Enqueue
 from app.settings import Settings
 from app.storage import Storage
+from app.verify import Verifier
 
 
 def _settings(request: Request) -> Settings:
@@ -23,6 +24,11 @@ def _enqueue(request: Request) -> Enqueue:
     return request.app.state.enqueue
 
 
+def _verifier(request: Request) -> Verifier:
+    return request.app.state.verifier
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 StorageDep = Annotated[Storage, Depends(_storage)]
 EnqueueDep = Annotated[Enqueue, Depends(_enqueue)]
+VerifierDep = Annotated[Verifier, Depends(_verifier)]

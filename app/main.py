@@ -22,6 +22,7 @@ from app.routes import ops as ops_routes
 from app.routes import webhooks as webhook_routes
 from app.settings import Settings, get_settings
 from app.storage import S3Storage, get_storage
+from app.verify import Verifier
 
 log = logging.getLogger(__name__)
 DESCRIPTION = """Make a normalizing flow forget a person, or rebalance an attribute, and prove it with an
@@ -66,7 +67,12 @@ def create_app(settings: Settings | None = None, enqueue: jobs.Enqueue | None = 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         _on_start(app)
-        yield
+        if settings.verify_prestart:
+            app.state.verifier.start()  # torch loads in the child while the API serves
+        try:
+            yield
+        finally:
+            app.state.verifier.close()
 
     app = FastAPI(title="taming", version="1", description=DESCRIPTION, lifespan=lifespan,
                   form_limits={"max_files": settings.max_files * 50 + 10})
@@ -74,6 +80,7 @@ def create_app(settings: Settings | None = None, enqueue: jobs.Enqueue | None = 
     app.state.storage = get_storage(settings)
     app.state.enqueue = enqueue or jobs.default_enqueue
     app.state.broker_check = broker_check(settings)
+    app.state.verifier = Verifier(settings)
     errors.install(app)
     app.add_middleware(BodyLimit, settings=settings)
     app.add_middleware(Metrics)

@@ -75,6 +75,8 @@ class Model(Base):
     current_version: Mapped[int] = mapped_column(Integer, default=1)
     require_promotion: Mapped[bool] = mapped_column(Boolean, default=False)
     remember_prefix: Mapped[str] = mapped_column(String(500))
+    # optional held-out photos of remembered people: the reference of the report's held-out sets
+    remember_holdout_prefix: Mapped[str | None] = mapped_column(String(500), nullable=True)
     image_size: Mapped[int] = mapped_column(Integer)
     channels: Mapped[int] = mapped_column(Integer)
     n_bits: Mapped[int] = mapped_column(Integer)

@@ -52,35 +52,39 @@ def open_checkpoint(checkpoint: UploadFile, args: UploadFile | None, workdir: Pa
         raise _checkpoint_problem(exc) from None
 
 
-def _check_npz(upload: UploadFile) -> None:
+def _check_npz(upload: UploadFile, field: str = "remember") -> None:
     try:
         with zipfile.ZipFile(upload.file) as zf:
             if "images.npy" not in zf.namelist():
-                raise ApiError(422, "invalid_remember_set", "the remember .npz has no 'images' array")
+                raise ApiError(422, "invalid_remember_set", f"the {field} .npz has no 'images' array")
     except zipfile.BadZipFile:
-        raise ApiError(422, "invalid_remember_set", "the remember file is neither an image nor an .npz") from None
+        raise ApiError(422, "invalid_remember_set", f"the {field} file is neither an image nor an .npz") from None
     upload.file.seek(0)
 
 
-def _remember_items(remember: list[UploadFile], info: CheckpointInfo,
-                    settings: Settings) -> list[tuple[str, UploadFile]]:
-    """(storage name, upload) for the reference remember set: one .npz, or images that fit the model."""
+def _remember_items(remember: list[UploadFile], info: CheckpointInfo, settings: Settings,
+                    field: str = "remember") -> list[tuple[str, UploadFile]]:
+    """(storage name, upload) for a remember set (`field`): one .npz, or images that fit the model."""
     if not remember:
         raise ApiError(422, "no_images", "a model needs a reference remember set ('remember' images or one .npz)")
     first = remember[0]
     first.file.seek(0)
     if len(remember) == 1 and first.file.read(4) == b"PK\x03\x04":
-        _check_npz(first)
-        return [("remember.npz", first)]
-    groups = {"remember": remember}
+        _check_npz(first, field)
+        return [(f"{field}.npz", first)]
+    groups = {field: remember}
     incoming = uploads.inspect_all(groups, uploads.hash_all(groups), info.image_size, info.channels, settings)
     return [(f"{item.index:05d}{item.info.ext}", item.upload) for item in incoming]
 
 
 def register(session: Session, storage: Storage, settings: Settings, key: ApiKey, name: str,
              checkpoint: UploadFile, args: UploadFile | None, remember: list[UploadFile],
-             require_promotion: bool | None) -> Model:
-    """Check everything, store checkpoint and remember set, then commit the model with version 1."""
+             require_promotion: bool | None, remember_holdout: list[UploadFile] | None = None) -> Model:
+    """Check everything, store checkpoint and remember sets, then commit the model with version 1.
+
+    remember_holdout: optional held-out photos of the remembered people, the reference against which the
+    reports measure held-out photos (DESIGN.md section 4, "Evaluation"), stored beside the remember set.
+    """
     name = name.strip()
     if not name:
         raise ApiError(422, "invalid_request", "name must not be empty")
@@ -90,24 +94,27 @@ def register(session: Session, storage: Storage, settings: Settings, key: ApiKey
     with tempfile.TemporaryDirectory(prefix="taming-upload-") as tmp:
         src, info = open_checkpoint(checkpoint, args, Path(tmp))
         items = _remember_items(remember, info, settings)
+        held = _remember_items(remember_holdout, info, settings, "remember_holdout") if remember_holdout else []
         sha = uploads.sha256_of(src)
         try:
             storage.put_file(f"checkpoints/{model_id}/v1.safetensors", src)
-            for file_name, upload in items:
-                upload.file.seek(0)
-                storage.put_file(f"remember/{model_id}/{file_name}", upload.file)
-            model = _insert(session, key, model_id, name, info, sha, require_promotion, settings)
+            for folder, files in (("remember", items), ("remember_holdout", held)):
+                for file_name, upload in files:
+                    upload.file.seek(0)
+                    storage.put_file(f"{folder}/{model_id}/{file_name}", upload.file)
+            model = _insert(session, key, model_id, name, info, sha, require_promotion, settings, bool(held))
         except BaseException:
             session.rollback()
-            storage.delete_prefix(f"checkpoints/{model_id}/")
-            storage.delete_prefix(f"remember/{model_id}/")
+            for folder in ("checkpoints", "remember", "remember_holdout"):
+                storage.delete_prefix(f"{folder}/{model_id}/")
             raise
     return model
 
 
 def _insert(session: Session, key: ApiKey, model_id: str, name: str, info: CheckpointInfo, sha: str,
-            require_promotion: bool | None, settings: Settings) -> Model:
+            require_promotion: bool | None, settings: Settings, has_holdout: bool = False) -> Model:
     model = Model(id=model_id, name=name, current_version=1, remember_prefix=f"remember/{model_id}/",
+                  remember_holdout_prefix=f"remember_holdout/{model_id}/" if has_holdout else None,
                   image_size=info.image_size, channels=info.channels, n_bits=info.n_bits, created_by=key.id,
                   require_promotion=settings.require_promotion if require_promotion is None else require_promotion)
     session.add(model)

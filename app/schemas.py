@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.gdpr import due_date
-from app.models import Job, Model, ModelVersion
+from app.models import TERMINAL_STATES, Job, Model, ModelVersion
 
 
 class JobParameters(BaseModel):
@@ -36,14 +36,42 @@ class JobParameters(BaseModel):
         return self
 
 
+PHASES = ("queued", "loading", "features", "taming", "confirming", "evaluating", "reporting", "done")
+
+
 class Progress(BaseModel):
+    """Where a job is: its phase at all times, the taming loop's figures, and ETAs that say what they are."""
+
     model_config = ConfigDict(extra="allow")
 
     iteration: int = 0
-    max_iterations: int | None = None
+    max_iterations: int | None = Field(default=None, description="The iteration cap; once done, the final iteration "
+                                       "(the cap is then in iteration_cap).")
     max_abs_d: float | None = None
     share: float | None = None
-    eta_seconds: float | None = None
+    phase: str = Field(default="queued", description=" → ".join(PHASES))
+    phase_started_at: str | None = None
+    phase_seconds: dict[str, float] = Field(default_factory=dict, description="Seconds spent in each phase so far.")
+    done: bool = Field(default=False, description="The job has ended (its state says how).")
+    eta_seconds: float | None = Field(
+        default=None, description="Estimated seconds left in the current phase; null when there is no estimate. "
+        "eta_basis says how it was estimated.")
+    eta_basis: str | None = None
+    eta_cap_seconds: float | None = Field(
+        default=None, description="Taming only: seconds to the iteration cap at the current pace, an upper bound.")
+    iterations_per_second: float | None = None
+
+    @classmethod
+    def of(cls, job: Job) -> Progress:
+        progress = dict(job.progress or {})
+        progress.setdefault("max_iterations", (job.parameters or {}).get("max_iterations"))
+        # the row may predate a phase (claimed, not yet loading; ended by the API or the sweeper)
+        progress["done"] = job.state in TERMINAL_STATES
+        if progress["done"]:
+            progress["phase"] = "done"
+        else:
+            progress.setdefault("phase", "queued" if job.state == "queued" else "loading")
+        return cls(**progress)
 
 
 class UploadOut(BaseModel):
@@ -76,11 +104,9 @@ class JobOut(BaseModel):
 
     @classmethod
     def of(cls, job: Job) -> JobOut:
-        progress = dict(job.progress or {})
-        progress.setdefault("max_iterations", (job.parameters or {}).get("max_iterations"))
         return cls(
             id=job.id, kind=job.kind, state=job.state, model_id=job.model_id, subject_ref=job.subject_ref,
-            progress=Progress(**progress), attempts=job.attempts, version=job.version,
+            progress=Progress.of(job), attempts=job.attempts, version=job.version,
             base_version=job.base_version, error=job.error, cancel_requested=job.cancel_requested,
             parameters=job.parameters or {}, uploads=[UploadOut(**u) for u in job.uploads or []],
             submitted_by=job.submitted_by, callback_url=job.callback_url, created_at=job.created_at,
@@ -102,13 +128,15 @@ class ModelOut(BaseModel):
     channels: int
     n_bits: int
     require_promotion: bool
+    remember_holdout: bool = Field(description="Held-out remember photos were given (the held-out sets' reference).")
     created_at: datetime
 
     @classmethod
     def of(cls, model: Model) -> ModelOut:
         return cls(id=model.id, name=model.name, current_version=model.current_version,
                    image_size=model.image_size, channels=model.channels, n_bits=model.n_bits,
-                   require_promotion=model.require_promotion, created_at=model.created_at)
+                   require_promotion=model.require_promotion,
+                   remember_holdout=model.remember_holdout_prefix is not None, created_at=model.created_at)
 
 
 class ModelList(BaseModel):
@@ -145,3 +173,41 @@ class PromoteRequest(BaseModel):
 class Health(BaseModel):
     status: str
     checks: dict[str, str] = {}
+
+
+class VerifyImage(BaseModel):
+    name: str
+    sha256: str
+    excluded_reason: str | None = Field(description="Why the image carries no identity; such images are not counted.")
+    bpd: float = Field(description="Bits per dimension, averaged over 5 dequantization draws.")
+    quantile: float = Field(description="Likelihood quantile 1 − Φ((bpd − μ_R)/σ_R); small means unusual.")
+    d: float = Field(description="(bpd − threshold) / σ_R.")
+    reached: bool = Field(description="At or past the threshold: d ≥ −ε (δ < 0: d ≤ ε).")
+    counted: bool = Field(description="Part of the set's verdict.")
+
+
+class RememberStatsOut(BaseModel):
+    mu: float = Field(description="μ_R: mean bpd of the remember images under this version.")
+    sigma: float = Field(description="σ_R: their standard deviation.")
+    n: int = Field(description="Remember images measured.")
+    draws: int
+    source: Literal["run", "reference_set"] = Field(
+        description="run: measured by the job that made this version, on its remember set without the people it "
+        "forgot (the report's reference); reference_set: measured on the model's whole reference remember set.")
+
+
+class VerifyOut(BaseModel):
+    """`POST /v1/verify`: each image against the version's threshold, and the verdict for the set."""
+
+    model_id: str
+    version: int
+    sha256: str = Field(description="SHA-256 of the version's checkpoint.")
+    delta: float
+    epsilon: float
+    threshold: float = Field(description="t = μ_R + δ·σ_R, in bpd.")
+    remember: RememberStatsOut
+    images: list[VerifyImage]
+    reached: bool = Field(description="The verdict: every counted image at or past the threshold.")
+    counted: int = Field(description="Images that count towards the verdict (those that carry an identity).")
+    summary: str
+    seconds: float = Field(description="Time the likelihood computation took.")

@@ -45,13 +45,19 @@ class Settings(BaseSettings):
     max_model_request_bytes: int = Field(
         default=4 * 2**30, ge=1, description="Largest `POST /v1/models` body: a checkpoint plus its remember set."
     )
-    max_pixels: int = Field(default=4096 * 4096, ge=1, description="Most pixels in one image (more: a bomb).")
+    max_pixels: int = Field(
+        default=4096 * 4096, ge=1, description="Most pixels in one image (more is a decompression bomb)."
+    )
     checkpoint_every: int = Field(default=20, ge=1, description="Iterations between saves of a job's resumable state.")
     heartbeat_seconds: float = Field(default=5, gt=0, description="How often a running job updates its heartbeat.")
-    stale_after_seconds: float = Field(default=120, gt=0, description="Heartbeat age before a running job is re-run.")
+    stale_after_seconds: float = Field(
+        default=120, gt=0, description="Heartbeat age after which a running job is re-run."
+    )
     max_attempts: int = Field(default=3, ge=1, description="Attempts before a job whose worker keeps dying fails.")
     # at most stale_after_seconds: a dead worker's lease must lapse by the time the sweeper rescues its job
-    lease_seconds: float = Field(default=60, gt=0, description="Lifetime of a worker's per-model lease (renewed).")
+    lease_seconds: float = Field(
+        default=60, gt=0, description="Lifetime of a worker's per-model lease (renewed while it runs)."
+    )
     sweep_interval_seconds: float = Field(default=30, gt=0, description="How often the sweeper looks for lost jobs.")
     queued_stale_seconds: float = Field(
         default=60, gt=0, description="Age of a queued job nobody picked up before its doorbell is rung again."
@@ -72,9 +78,16 @@ class Settings(BaseSettings):
                                         "webhooks.")
     job_time_limit_seconds: int = Field(default=4 * 3600, ge=60, description="Longest a taming run may take.")
     require_promotion: bool = Field(
-        default=False, description="Default for new models: a tamed version becomes current only when promoted."
+        default=False,
+        description="Default for new models: a tamed version becomes current only when an admin promotes it.",
     )
-    verify_timeout_seconds: float = Field(default=300, gt=0, description="Longest a `POST /v1/verify` may compute.")
+    verify_timeout_seconds: float = Field(
+        default=300, gt=0, description="Longest a `POST /v1/verify` may wait and compute (the first on a new "
+        "version also measures its remember set)."
+    )
+    verify_prestart: bool = Field(
+        default=True, description="Start the API's warm verify process with the API, not on the first request."
+    )
 
     @field_validator("webhook_allow", mode="before")
     @classmethod

@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from app import audit, webhooks
+from app import audit, job_reports, webhooks
 from app.models import Job, Model
 
 log = logging.getLogger(__name__)
@@ -68,8 +68,11 @@ def _models_with_live_lease(session: Session, now: datetime) -> set[str]:
     return {model_id for model_id, expires in rows if (as_utc(expires) or now) > now}
 
 
-def give_up(session: Session, job: Job, message: str, actor: str, now: datetime) -> bool:
-    """Fail a running job for good (attempts exhausted). False when it is no longer running."""
+def give_up(session: Session, job: Job, message: str, actor: str, now: datetime, storage: Any = None) -> bool:
+    """Fail a running job for good (attempts exhausted). False when it is no longer running.
+
+    With `storage`, the job keeps a small report saying why and in which phase (app/job_reports.py).
+    """
     done = session.execute(
         update(Job)
         .where(Job.id == job.id, Job.state == "running")
@@ -80,6 +83,8 @@ def give_up(session: Session, job: Job, message: str, actor: str, now: datetime)
         return False
     audit.record(session, actor, "job.failed", job.id, {"error": message, "attempts": job.attempts})
     session.refresh(job)
+    if storage is not None:
+        job.report_key = job_reports.store_failure(session, storage, job, message)
     webhooks.record(session, job, webhooks.COMPLETED)
     return True
 
@@ -113,7 +118,7 @@ def sweep_once(session: Session, settings: Any, now: datetime | None = None) -> 
                 f"The worker running this job stopped responding {job.attempts} times (crash, restart or "
                 f"lost machine); gave up after {t.max_attempts} attempts. The model was not changed."
             )
-            if give_up(session, job, message, ACTOR, now):
+            if give_up(session, job, message, ACTOR, now, get_storage(settings)):
                 failed.append(job.id)
             continue
         # Touch the heartbeat so that one rescue is sent per stale period, not one per sweep.

@@ -268,26 +268,34 @@ def evaluate_command(base_path: str, model_path: str, forget: str, remember: str
 
 @click.command("verify")
 @click.option("--model", "model_path", required=True)
-@click.option("--images", required=True, help="folder of images to check")
+@click.option("--images", required=True, help="folder (or .npz) of images to check")
 @click.option("--remember", required=True, help="the model's reference remember set")
+@click.option("--delta", default=4.0, show_default=True, help="threshold t = mu_R + delta * sigma_R")
+@click.option("--epsilon", type=float, help="tolerance on d  [default: 0.15·|delta|]")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
-def verify_command(model_path: str, images: str, remember: str, as_json: bool) -> None:
-    """Likelihood quantiles of IMAGES under a model: is this person forgotten?"""
-    from taming.data import quantize
-    from taming.evaluate import mean_bpd, quantiles
+def verify_command(model_path: str, images: str, remember: str, delta: float, epsilon: float | None,
+                   as_json: bool) -> None:
+    """Is this person forgotten? Each image's quantile and d, and the verdict; exit 1 when not forgotten."""
+    from taming.data import screen
+    from taming.verify import check_images, remember_stats
 
     model = _load_model(model_path)
     size, channels, n_bits = model.config.img_size, model.config.in_channel, model.config.n_bits
-    ref = mean_bpd(model, quantize(load_set(remember, size, channels).images[:10_000], n_bits), n_bits)
+    stats = remember_stats(model, load_set(remember, size, channels).images, n_bits)
     faces = load_set(images, size, channels)
-    bpd = mean_bpd(model, quantize(faces.images, n_bits), n_bits)
-    q = quantiles(bpd, float(ref.mean()), float(ref.std()))
-    items = [{"name": n, "bpd": float(b), "quantile": float(v)} for n, b, v in zip(faces.names, bpd, q, strict=True)]
+    counted = [reason is None for reason in screen(faces.images)]  # as the service and a taming run count
+    verdict = check_images(model, faces.images, faces.names, stats, n_bits, delta=delta, epsilon=epsilon,
+                           counted=counted)
     if as_json:
-        click.echo(json.dumps({"images": items, "remember": {"mu": float(ref.mean()), "sigma": float(ref.std())}}))
+        click.echo(json.dumps(verdict.to_dict()))
     else:
-        for item in items:
-            click.echo(f"{item['name']}: bpd {item['bpd']:.4f}, quantile {item['quantile']:.2e}")
+        for item in verdict.images:
+            note = "" if item.counted else " (carries no identity: not counted)"
+            click.echo(f"{item.name}: bpd {item.bpd:.4f}, quantile {item.quantile:.2e}, d {item.d:+.2f}, "
+                       f"{'at or past' if item.reached else 'short of'} the threshold{note}")
+        click.echo(verdict.summary)
+    if not verdict.reached:
+        sys.exit(1)
 
 
 @click.command("import-rosinality")

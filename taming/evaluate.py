@@ -145,6 +145,7 @@ def evaluate_sets(
         the names of DESIGN.md section 8 `metrics`.
       per_image: set -> {bpd_before, bpd_after, quantile_before, quantile_after}, each a float64 Tensor [N_s].
       reference: set used as reference -> {base: {mu, sigma, n}, tamed: {mu, sigma, n}}.
+      reference_of: set -> the name of the set whose mu, sigma gave it its quantiles.
     """
     known = (*ALL_SETS, reference_key, holdout_reference_key)
     names = [n for n in dict.fromkeys(known) if n in sets and sets[n].shape[0] > 0]
@@ -176,7 +177,9 @@ def evaluate_sets(
             "quantile_after": quantiles(after, ref["tamed"]["mu"], ref["tamed"]["sigma"]),
         }
     metrics = _summarise(per_image, sigma_r, reference_key, reference[reference_key]["tamed"])
-    return {"metrics": metrics, "per_image": per_image, "reference": reference, "bpd": bpd}
+    reference_of = {n: _reference_for(n, names, reference_key, holdout_reference_key) for n in names}
+    return {"metrics": metrics, "per_image": per_image, "reference": reference, "reference_of": reference_of,
+            "bpd": bpd}
 
 
 def _summarise(

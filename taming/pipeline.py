@@ -92,18 +92,24 @@ def run_requests(
     remember_holdout: FaceSet | None = None,
     unseen: FaceSet | None = None,
     cache_dir: Path | None = None,
+    on_phase: Callable[[str], None] | None = None,
 ) -> PipelineResult:
     """Tame the base checkpoint for `requests`, write the tamed checkpoint and one report per request.
 
     remember: the model's reference remember set; images of anyone being forgotten are left out of it.
     remember_holdout / unseen: optional held-out images of remembered people / of people never trained on
     (for the report; the forgotten people are left out of them the same way).
+    on_phase(name) hears each phase as it starts: loading, features, taming, confirming (and back to taming
+    when a stop is not confirmed), evaluating, reporting.
     Raises DataError when no forget image carries an identity.
     """
     started = time.perf_counter()
+    phase = on_phase or (lambda _name: None)
+    phase("loading")
     base, meta = load_checkpoint(base_checkpoint)
     base.to(device)
     # on the model's whole reference set, so that one cached network serves every request for this model
+    phase("features")
     space = features_for(remember, cache_dir)
     space_key = remember.data_hash()  # the feature network's key: the whole reference set, people included
     if rebalance is not None:
@@ -119,8 +125,10 @@ def run_requests(
     share_fn, classifier = _share_fn(rebalance, base.config.in_channel) if rebalance else (None, None)
     near = _near_images(space, planned, remember) if rebalance is None and config.near_fraction > 0 else None
     n_bits = base.config.n_bits
+    phase("taming")
     result = tame(copy.deepcopy(base), base, quantize(forget_u8, n_bits), quantize(remember.images, n_bits),
-                  config, on_step=on_step, resume=resume_state, share_fn=share_fn, near=near)
+                  config, on_step=on_step, resume=resume_state, share_fn=share_fn, near=near, on_phase=phase)
+    phase("evaluating")
     parent_sha = file_sha256(base_checkpoint)
     sha = save_checkpoint(result.model, out_checkpoint, data_hash=meta.get("data_hash", ""), parent=parent_sha)
     probe = None
@@ -130,13 +138,13 @@ def run_requests(
     common = _Common(base, result, config, remember, remember_holdout, unseen, space, sha,
                      {"parent_sha256": parent_sha, **(model_meta or {})},
                      device, started, sample_frechet(base, result.model, space, remember.images), probe, cache)
-    reports, html = {}, {}
+    reports, figures = {}, {}
     measured: dict[str, tuple[Tensor, Tensor]] = {}
     for plan in planned:
-        report, figures = _report(plan, common, measured, rebalance, classifier)
-        reports[plan.request.key] = report
-        html[plan.request.key] = render_html(report, figures)
+        reports[plan.request.key], figures[plan.request.key] = _report(plan, common, measured, rebalance, classifier)
     cache.save()
+    phase("reporting")
+    html = {key: render_html(report, figures[key]) for key, report in reports.items()}
     return PipelineResult(sha, result.criterion_met, result.iterations, reports, html)
 
 
@@ -254,6 +262,9 @@ def _report(plan: _Planned, c: _Common, measured: dict[str, tuple[Tensor, Tensor
     measured.update({k: v for k, v in evaluation["bpd"].items() if k not in ("forget", "forget_holdout",
                                                                               "remember_nearest")})
     metrics = evaluation["metrics"]
+    # which reference set gave each set its quantiles, and its mu, sigma (the verify service reuses them)
+    metrics["quantile_reference"] = evaluation["reference_of"]
+    metrics["reference_stats"] = evaluation["reference"]
     metrics["discrete_likelihood"] = discrete_likelihood(c.base, c.result.model, quantized, n_bits,
                                                          sigma_r=c.result.sigma_r)
     metrics["frechet_distance"] = c.frechet

@@ -199,6 +199,7 @@ def tame(
     resume: dict[str, Any] | None = None,
     share_fn: Callable[[Glow], float] | None = None,
     near: Tensor | None = None,
+    on_phase: Callable[[str], None] | None = None,
 ) -> TameResult:
     """Run the taming loop on `tamed` (modified in place; `base` is never touched).
 
@@ -206,6 +207,8 @@ def tame(
     must not share a person (DESIGN.md section 4, step 8). near: indices into remember_q of the images of
     the identities nearest to the person (used when config.near_fraction > 0). `share_fn(model)`, with
     `config.target_share`, turns the run into attribute rebalancing: it stops when the share reaches the target.
+    `on_phase` hears "confirming" when a stop is being confirmed on fresh statistics and "taming" when an
+    unconfirmed one goes on iterating.
     """
     run = _Run(tamed, base, forget_q, remember_q, config, near)
     if resume is not None:
@@ -224,11 +227,15 @@ def tame(
         max_abs_d = d_all.abs().max().item()
         capped = it >= config.max_iterations
         if _should_stop(d_all, share, config) or capped:
+            if on_phase is not None:
+                on_phase("confirming")
             final = run.confirm()
             met = _share_reached(share, config) if share is not None else confirmed(final.d, config)
             if met or capped:
                 break
             run.adopt(final)  # not confirmed: go on with the fresh statistics
+            if on_phase is not None:
+                on_phase("taming")
         losses = run.losses(fwd)
         if not run.step(losses["loss"]):
             continue

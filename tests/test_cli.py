@@ -58,6 +58,9 @@ def test_tame_writes_checkpoint_and_reports(workspace: Path) -> None:
     assert all(not i["excluded"] and i["d"] >= -1.0 for i in items[:4])
     for key in ("forget", "forget_holdout", "remember"):
         assert key in data["metrics"]["quantile_drop"]
+    # no held-out remember images given: the person's held-out photos are measured against D_R, and it says so
+    assert data["metrics"]["quantile_reference"]["forget_holdout"] == "remember"
+    assert data["metrics"]["reference_stats"]["remember"]["tamed"]["n"] == 20
     assert {"before", "after"} <= set(data["metrics"]["bpd_remember"])
     check = data["metrics"]["discrete_likelihood"]
     assert check["forget"]["images"] == 4 and check["forget"]["after"] > check["forget"]["before"]
@@ -111,8 +114,11 @@ def test_sample_verify_and_import(workspace: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(verify_command, ["--model", str(workspace / "base.safetensors"), "--images",
                                                  str(workspace / "holdout"), "--remember",
                                                  str(workspace / "remember"), "--json"])
-    assert result.exit_code == 0, result.output
-    assert len(json.loads(result.output)["images"]) == 3
+    verdict = json.loads(result.output)
+    assert len(verdict["images"]) == 3 and verdict["counted"] == 3
+    # person 0's photos under the base model sit near μ_R, far short of μ_R + 4σ_R: not forgotten, exit 1
+    assert verdict["reached"] is False and result.exit_code == 1, result.output
+    assert all(i["d"] < -0.6 and not i["reached"] for i in verdict["images"])
     model, _ = load_checkpoint(workspace / "base.safetensors")
     torch.save({"module." + k: v for k, v in model.state_dict().items()}, tmp_path / "sd.pt")
     c = model.config
@@ -180,3 +186,21 @@ def test_report_compares_with_other_people_only(workspace: Path, two_people: Fac
                           cache_dir=tmp_path)
     shifts = result.reports["r"]["metrics"]["bpd_shift_sigma"]
     assert "forget_holdout" in shifts and "remember_holdout" not in shifts
+
+
+def test_the_pipeline_announces_its_phases_and_names_each_quantiles_reference(
+        workspace: Path, two_people: FaceSet, tmp_path: Path) -> None:
+    from taming.pipeline import Request, run_requests
+    from taming.tame import TameConfig
+
+    phases: list[str] = []
+    person0, person1 = (np.flatnonzero(two_people.identity == p) for p in (0, 1))
+    request = Request("r", two_people.subset(person0[:3]), holdout=two_people.subset(person0[15:18]))
+    result = run_requests(workspace / "base.safetensors", two_people.subset(np.r_[person0[:15], person1[:15]]),
+                          [request], TameConfig(max_iterations=1), tmp_path / "t.safetensors",
+                          remember_holdout=two_people.subset(person1[15:]), on_phase=phases.append)
+    assert phases == ["loading", "features", "taming", "confirming", "evaluating", "reporting"]
+    # the person's held-out photos against other people's held-out photos, the rest against D_R
+    reference = result.reports["r"]["metrics"]["quantile_reference"]
+    assert reference["forget_holdout"] == reference["remember_holdout"] == "remember_holdout"
+    assert reference["forget"] == reference["remember"] == "remember"

@@ -92,6 +92,9 @@ def test_identical_models_drop_nothing(model: Glow) -> None:
     assert per["bpd_before"].shape == (4,) and per["quantile_after"].shape == (4,)
     # held-out sets measure against remember_holdout, the others against remember
     assert set(result["reference"]) == {"remember", "remember_holdout"}
+    assert result["reference_of"] == {"forget": "remember", "forget_holdout": "remember_holdout",
+                                      "remember": "remember", "remember_unseen": "remember_holdout",
+                                      "remember_nearest": "remember", "remember_holdout": "remember_holdout"}
 
 
 def test_shift_sign_and_quantile_drop_follow_a_worse_model(model: Glow) -> None:
@@ -110,6 +113,7 @@ def test_held_out_sets_fall_back_to_remember_reference(model: Glow) -> None:
     sets = {"forget": _images(3, 1), "forget_holdout": _images(3, 2), "remember": _images(12, 3)}
     result = evaluate_sets(model, model, sets, N_BITS, sigma_r=1.0, draws=1)
     assert set(result["reference"]) == {"remember"}
+    assert set(result["reference_of"].values()) == {"remember"}
     with pytest.raises(ValueError, match="remember"):
         evaluate_sets(model, model, {"forget": _images(3, 1)}, N_BITS, sigma_r=1.0, draws=1)
 

@@ -1,36 +1,36 @@
 """One taming run for a batch of jobs: fetch inputs, call `taming.pipeline.run_requests`, record the outcome.
 
 The library knows nothing of jobs, storage or databases; this module translates. While the run goes on,
-`RunMonitor.on_step` writes progress to every job of the run, saves the resumable state every
-`checkpoint_every` iterations, and stops the run (by raising) when a job is cancelled, the lease is lost
-or the time limit passes. A heartbeat thread keeps the heartbeat and the lease fresh through the long
-stretches without steps (loading, the final confirmation and evaluation).
+`worker.monitor.RunMonitor` writes progress and phase to every job of the run, saves the resumable state
+and stops the run when a job is cancelled, the lease is lost or the time limit passes; worker/finish.py
+records how it ended.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import tempfile
-import threading
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from sqlalchemy import select, update
+from sqlalchemy import select
 
+from app import job_reports
 from app.db import session_scope
-from app.models import Job, Model, ModelVersion
+from app.models import TERMINAL_STATES, Job, Model, ModelVersion
 from app.storage import Storage, get_storage
-from app.sweeper import Timings, utcnow
+from app.sweeper import Timings
 from taming import pipeline
 from taming.checkpoint import CheckpointError, file_sha256
 from taming.data import DataError, FaceSet, load_faces
 from taming.tame import TamingError
-from worker import finish, lease
+from worker import finish
 from worker.finish import LeaseLost, RunCancelled, RunTimeLimit
+from worker.monitor import RunMonitor
+from worker.progress import Goal, PhaseClock, previous_phase_seconds
 from worker.runner import Batch
 
 log = logging.getLogger(__name__)
@@ -63,12 +63,24 @@ def _fetch_prefix(storage: Storage, prefix: str, folder: Path) -> list[Path]:
     return paths
 
 
-def fetch_remember(storage: Storage, model: Model, folder: Path) -> FaceSet:
-    prefix = model.remember_prefix.rstrip("/") + "/"
+def fetch_set(storage: Storage, prefix: str, size: int, channels: int, folder: Path) -> FaceSet:
+    """A stored image set (one .npz, or images) under `prefix`, loaded at the model's size."""
+    prefix = prefix.rstrip("/") + "/"
     paths = _fetch_prefix(storage, prefix, folder)
     npz = [p for p in paths if p.suffix == ".npz"]
     source = npz[0] if len(npz) == 1 else folder  # one .npz, or a folder of images
-    return load_faces(source, model.image_size, model.channels)
+    return load_faces(source, size, channels)
+
+
+def fetch_remember(storage: Storage, model: Model, folder: Path) -> FaceSet:
+    return fetch_set(storage, model.remember_prefix, model.image_size, model.channels, folder)
+
+
+def fetch_remember_holdout(storage: Storage, model: Model, folder: Path) -> FaceSet | None:
+    """The model's held-out remember images (`POST /v1/models` field `remember_holdout`), when it has them."""
+    if not model.remember_holdout_prefix:
+        return None
+    return fetch_set(storage, model.remember_holdout_prefix, model.image_size, model.channels, folder)
 
 
 def fetch_uploads(storage: Storage, job: Job, field: str, model: Model, folder: Path) -> FaceSet | None:
@@ -88,226 +100,161 @@ def fetch_uploads(storage: Storage, job: Job, field: str, model: Model, folder: 
     return faces
 
 
-def _num(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
+def _job_meta(job: Job, batch: Batch, resumed_from: int, key_name: str | None) -> dict[str, Any]:
+    return {**job_reports.job_section(job, key_name), "run_id": batch.run_id, "run_jobs": batch.job_ids,
+            "resumed_from_iteration": resumed_from}
+
+
+@dataclass
+class _Inputs:
+    """What one run starts from, read from the database and fetched from storage."""
+
+    model: Model
+    base: ModelVersion
+    jobs: list[Job]
+    key_names: dict[str, str | None]
+    previous: dict[str, float]  # phase seconds of the newest finished run on this model
+    checkpoint: Path | None = None
+    remember: FaceSet | None = None
+    remember_holdout: FaceSet | None = None
+    config: Any = None
+    resume_state: dict[str, Any] | None = None
+    resumed_from: int = 0
+
+
+def _read_rows(batch: Batch, settings: Any) -> _Inputs | None:
+    with session_scope(settings) as session:
+        model = session.get(Model, batch.model_id)
+        base = session.scalar(select(ModelVersion).where(ModelVersion.model_id == batch.model_id,
+                                                         ModelVersion.version == batch.base_version))
+        jobs = list(session.scalars(select(Job).where(Job.id.in_(batch.job_ids)).order_by(Job.created_at)))
+        names = {job.submitted_by: job_reports.key_name(session, job.submitted_by) for job in jobs}
+        earlier = session.scalars(select(Job.progress).where(Job.model_id == batch.model_id,
+                                                             Job.state.in_(TERMINAL_STATES), Job.run_id != batch.run_id)
+                                  .order_by(Job.finished_at.desc()).limit(5))
+        previous = previous_phase_seconds(list(earlier))
+    if model is None or base is None:
         return None
-    return number if math.isfinite(number) else None
+    return _Inputs(model, base, jobs, names, previous)
 
 
-class RunMonitor:
-    """Progress, heartbeat, state saves and stop signals for one run."""
-
-    def __init__(self, batch: Batch, settings: Any, t: Timings, owner: str, storage: Storage, resumed_from: int):
-        self.batch, self.settings, self.t, self.owner, self.storage = batch, settings, t, owner, storage
-        self.resumed_from = resumed_from
-        self.started = time.monotonic()
-        self.last_write_iteration: int | None = None
-        self.last_write_time = 0.0
-        self.last_state_iteration = resumed_from
-        self.lease_lost = threading.Event()
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._beat, name=f"heartbeat-{batch.run_id[:8]}", daemon=True)
-
-    # -- called by the library after each iteration
-    def on_step(self, info: Any) -> None:
-        if self.lease_lost.is_set():
-            raise LeaseLost(self.batch.model_id)
-        if time.monotonic() - self.started > self.t.job_time_limit_seconds:
-            raise RunTimeLimit(self.t.job_time_limit_seconds)
-        iteration = int(info.iteration)
-        if iteration > 0 and iteration % self.t.checkpoint_every == 0 and iteration != self.last_state_iteration:
-            self.save_state(info, iteration)
-        due = (
-            self.last_write_iteration is None
-            or iteration - self.last_write_iteration >= self.t.progress_every
-            or time.monotonic() - self.last_write_time >= self.t.heartbeat_seconds
-        )
-        if due:
-            self.write_progress(info, iteration)
-
-    def save_state(self, info: Any, iteration: int) -> None:
-        with tempfile.NamedTemporaryFile(suffix=".pt") as tmp:
-            torch.save(info.state(), tmp.name)
-            with open(tmp.name, "rb") as f:
-                self.storage.put_file(f"runs/{self.batch.run_id}/state.pt", f)
-        self.last_state_iteration = iteration
-
-    def write_progress(self, info: Any, iteration: int) -> None:
-        progress = {
-            "iteration": iteration,
-            "max_iterations": int(info.max_iterations),
-            "max_abs_d": _num(info.max_abs_d),
-            "mu_r": _num(info.mu_r),
-            "sigma_r": _num(info.sigma_r),
-            "share": _num(info.share),
-            "eta_seconds": _num(info.eta_seconds),
-            "resumed_from": self.resumed_from,
-            "saved_iteration": self.last_state_iteration,
-            "run_jobs": len(self.batch.job_ids),
-        }
-        with session_scope(self.settings) as session:
-            if not lease.renew(session, self.batch.model_id, self.owner, self.t.lease_seconds, utcnow()):
-                self.lease_lost.set()
-                raise LeaseLost(self.batch.model_id)
-            session.execute(
-                update(Job)
-                .where(Job.run_id == self.batch.run_id, Job.state == "running")
-                .values(progress=progress, heartbeat_at=utcnow())
-                .execution_options(synchronize_session=False)
-            )
-            cancelled = list(
-                session.scalars(select(Job.id).where(Job.run_id == self.batch.run_id, Job.cancel_requested.is_(True)))
-            )
-        self.last_write_iteration, self.last_write_time = iteration, time.monotonic()
-        if cancelled:
-            raise RunCancelled(cancelled)
-
-    # -- the heartbeat thread
-    def _beat(self) -> None:
-        # It stops on its own past the time limit, so that a run hung inside the library goes stale and
-        # the sweeper hands its jobs to another attempt.
-        limit = self.t.job_time_limit_seconds + 2 * self.t.heartbeat_seconds
-        while not self.done.wait(self.t.heartbeat_seconds) and time.monotonic() - self.started < limit:
-            try:
-                with session_scope(self.settings) as session:
-                    if not lease.renew(session, self.batch.model_id, self.owner, self.t.lease_seconds, utcnow()):
-                        self.lease_lost.set()
-                        return
-                    session.execute(
-                        update(Job)
-                        .where(Job.run_id == self.batch.run_id, Job.state == "running")
-                        .values(heartbeat_at=utcnow())
-                        .execution_options(synchronize_session=False)
-                    )
-            except Exception:  # a database hiccup: try again next beat
-                log.exception("heartbeat failed")
-
-    def __enter__(self) -> RunMonitor:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.done.set()
-        self.thread.join(timeout=5)
+def _fetch(inputs: _Inputs, batch: Batch, storage: Storage, tmp: Path) -> None:
+    """Checkpoint (SHA-256 checked), remember sets, parameters and any saved state of this run."""
+    ckpt = tmp / "base.safetensors"
+    storage.download(inputs.base.checkpoint_key, ckpt)
+    if file_sha256(ckpt) != inputs.base.sha256:
+        raise CheckpointError(f"the stored checkpoint of version {inputs.base.version} does not match its SHA-256")
+    inputs.checkpoint = ckpt
+    inputs.remember = fetch_remember(storage, inputs.model, tmp / "remember")
+    inputs.remember_holdout = fetch_remember_holdout(storage, inputs.model, tmp / "remember_holdout")
+    inputs.config = tame_config(inputs.jobs[0].parameters or {})
+    if batch.resumed and storage.exists(f"runs/{batch.run_id}/state.pt"):
+        storage.download(f"runs/{batch.run_id}/state.pt", tmp / "state.pt")
+        inputs.resume_state = torch.load(tmp / "state.pt", weights_only=True, map_location="cpu")
+    state = inputs.resume_state
+    inputs.resumed_from = int(state.get("iteration", 0)) if isinstance(state, dict) else 0
 
 
-def _job_meta(job: Job, batch: Batch, resumed_from: int) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "kind": job.kind,
-        "subject_ref": job.subject_ref,
-        "submitted_by": job.submitted_by,
-        "created_at": job.created_at.isoformat() if job.created_at else None,
-        "started_at": job.started_at.isoformat() if job.started_at else None,
-        "attempts": job.attempts,
-        "run_id": batch.run_id,
-        "run_jobs": batch.job_ids,
-        "resumed_from_iteration": resumed_from,
-    }
+def _request_for(job: Job, inputs: _Inputs, storage: Storage, tmp: Path) -> tuple[pipeline.Request,
+                                                                                 pipeline.Rebalance | None]:
+    """One job's images as a pipeline request (and its rebalance, for that kind); raises DataError."""
+    model, rebalance = inputs.model, None
+    if job.kind == "rebalance_attribute":
+        positive = fetch_uploads(storage, job, "positive", model, tmp) or fetch_uploads(storage, job, "forget",
+                                                                                         model, tmp)
+        if positive is None:
+            raise DataError("no images with the attribute were uploaded")
+        negative = fetch_uploads(storage, job, "negative", model, tmp) or inputs.remember
+        params = job.parameters or {}
+        assert negative is not None
+        rebalance = pipeline.Rebalance(positive, negative, float(params.get("target_share", 0.5)),
+                                       str(params.get("direction", "decrease")))
+        forget: FaceSet | None = positive
+    else:
+        forget = fetch_uploads(storage, job, "forget", model, tmp)
+    if forget is None:
+        raise DataError("no forget images were uploaded")
+    holdout = fetch_uploads(storage, job, "holdout", model, tmp)
+    return pipeline.Request(key=job.id, forget=forget, holdout=holdout), rebalance
+
+
+def _goal(config: Any, rebalance: pipeline.Rebalance | None) -> Goal:
+    """What the taming phase's ETA estimate follows: the stop rule's quantity and its target."""
+    if rebalance is not None:
+        return Goal("share", rebalance.target_share)
+    return Goal("max_abs_d", float(config.eps))
 
 
 def execute(batch: Batch, settings: Any, t: Timings, owner: str) -> None:
     """Run one batch to its outcome (succeeded, failed, cancelled, or left for a retry)."""
     storage = get_storage(settings)
+    clock = PhaseClock()  # from now on the run is loading
     with tempfile.TemporaryDirectory(prefix=f"taming-run-{batch.run_id[:8]}-") as tmp_name:
         tmp = Path(tmp_name)
-        with session_scope(settings) as session:
-            model = session.get(Model, batch.model_id)
-            base = session.scalar(
-                select(ModelVersion).where(
-                    ModelVersion.model_id == batch.model_id, ModelVersion.version == batch.base_version
-                )
-            )
-            jobs = list(session.scalars(select(Job).where(Job.id.in_(batch.job_ids)).order_by(Job.created_at)))
-        if model is None or base is None:
+        inputs = _read_rows(batch, settings)
+        if inputs is None:
             finish.fail(batch, settings, t, f"Model version {batch.base_version} to start from is missing.")
             return
+        clock.previous = inputs.previous
         try:
-            ckpt = tmp / "base.safetensors"
-            storage.download(base.checkpoint_key, ckpt)
-            if file_sha256(ckpt) != base.sha256:
-                raise CheckpointError(f"the stored checkpoint of version {base.version} does not match its SHA-256")
-            remember = fetch_remember(storage, model, tmp / "remember")
-            config = tame_config(jobs[0].parameters or {})
+            _fetch(inputs, batch, storage, tmp)
         except (DataError, CheckpointError, KeyError, TypeError) as exc:
             finish.fail(batch, settings, t, f"Could not prepare the run: {exc}")
             return
-
-        resume_state = None
-        if batch.resumed and storage.exists(f"runs/{batch.run_id}/state.pt"):
-            storage.download(f"runs/{batch.run_id}/state.pt", tmp / "state.pt")
-            resume_state = torch.load(tmp / "state.pt", weights_only=True, map_location="cpu")
-        resumed_from = int(resume_state.get("iteration", 0)) if isinstance(resume_state, dict) else 0
-
         requests: list[pipeline.Request] = []
         rebalance = None
-        for job in jobs:
+        for job in inputs.jobs:
             try:
-                if job.kind == "rebalance_attribute":
-                    positive = fetch_uploads(storage, job, "positive", model, tmp) or fetch_uploads(
-                        storage, job, "forget", model, tmp
-                    )
-                    if positive is None:
-                        raise DataError("no images with the attribute were uploaded")
-                    negative = fetch_uploads(storage, job, "negative", model, tmp) or remember
-                    params = job.parameters or {}
-                    rebalance = pipeline.Rebalance(
-                        positive, negative, float(params.get("target_share", 0.5)),
-                        str(params.get("direction", "decrease")),
-                    )
-                    forget: FaceSet | None = positive
-                else:
-                    forget = fetch_uploads(storage, job, "forget", model, tmp)
-                if forget is None:
-                    raise DataError("no forget images were uploaded")
-                holdout = fetch_uploads(storage, job, "holdout", model, tmp)
+                request, job_rebalance = _request_for(job, inputs, storage, tmp)
             except (DataError, KeyError) as exc:
                 # One request with bad images must not sink the others of a coalesced run.
                 finish.fail_jobs(batch, settings, t, [job.id], f"Its images could not be used: {exc}")
                 continue
-            requests.append(pipeline.Request(key=job.id, forget=forget, holdout=holdout,
-                                             meta=_job_meta(job, batch, resumed_from)))
+            rebalance = job_rebalance or rebalance
+            request.meta = _job_meta(job, batch, inputs.resumed_from, inputs.key_names.get(job.submitted_by))
+            requests.append(request)
         if not requests:
             finish.cleanup_run(batch, settings)
             return
         batch.job_ids = [r.key for r in requests]
-
-        out = tmp / "tamed.safetensors"
-        model_meta = {
-            "id": model.id, "parent_version": base.version, "parent_sha256": base.sha256,
-            "new_version": batch.base_version + 1,
-        }
-        monitor = RunMonitor(batch, settings, t, owner, storage, resumed_from)
-        try:
-            with monitor:
-                result = pipeline.run_requests(
-                    ckpt, remember, requests, config, out,
-                    rebalance=rebalance, on_step=monitor.on_step, resume_state=resume_state,
-                    device=pick_device(settings.device), model_meta=model_meta,
-                    cache_dir=Path(settings.var_dir) / "cache",  # the feature space, once per model
-                )
-        except LeaseLost:
-            raise
-        except RunCancelled as stop:
-            finish.cancel(batch, settings, t, stop.job_ids)
-            return
-        except RunTimeLimit as stop:
-            finish.fail(batch, settings, t, str(stop))
-            return
-        except (DataError, CheckpointError) as exc:
-            finish.fail(batch, settings, t, f"The images or the model could not be used: {exc}")
-            return
-        except TamingError as exc:
-            finish.fail(batch, settings, t, f"The taming run could not continue: {exc}")
-            return
-        except Exception as exc:
-            finish.retry_or_fail(batch, settings, t, exc)
-            return
-        if not result.criterion_met:
-            finish.fail(batch, settings, t, finish.criterion_message(result, config))
-            return
-        finish.succeed(batch, settings, t, owner, result, out)
+        monitor = RunMonitor(batch, settings, t, owner, storage, inputs.resumed_from, clock,
+                             _goal(inputs.config, rebalance))
+        _run(batch, settings, t, owner, inputs, requests, rebalance, monitor, tmp / "tamed.safetensors")
 
 
+def _run(batch: Batch, settings: Any, t: Timings, owner: str, inputs: _Inputs, requests: list[pipeline.Request],
+         rebalance: pipeline.Rebalance | None, monitor: RunMonitor, out: Path) -> None:
+    model, base = inputs.model, inputs.base
+    model_meta = {"id": model.id, "parent_version": base.version, "parent_sha256": base.sha256,
+                  "new_version": batch.base_version + 1}
+    assert inputs.checkpoint is not None and inputs.remember is not None
+    try:
+        with monitor:
+            result = pipeline.run_requests(
+                inputs.checkpoint, inputs.remember, requests, inputs.config, out,
+                rebalance=rebalance, on_step=monitor.on_step, on_phase=monitor.on_phase,
+                resume_state=inputs.resume_state, device=pick_device(settings.device), model_meta=model_meta,
+                remember_holdout=inputs.remember_holdout,
+                cache_dir=Path(settings.var_dir) / "cache",  # the feature space, once per model
+            )
+    except LeaseLost:
+        raise
+    except RunCancelled as stop:
+        finish.cancel(batch, settings, t, stop.job_ids)
+        return
+    except RunTimeLimit as stop:
+        finish.fail(batch, settings, t, str(stop))
+        return
+    except (DataError, CheckpointError) as exc:
+        finish.fail(batch, settings, t, f"The images or the model could not be used: {exc}")
+        return
+    except TamingError as exc:
+        finish.fail(batch, settings, t, f"The taming run could not continue: {exc}")
+        return
+    except Exception as exc:
+        finish.retry_or_fail(batch, settings, t, exc)
+        return
+    if not result.criterion_met:
+        finish.fail(batch, settings, t, finish.criterion_message(result, inputs.config), result=result)
+        return
+    finish.succeed(batch, settings, t, owner, result, out)

@@ -10,7 +10,6 @@ between the two re-runs from the saved state and overwrites the same keys, and t
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -18,12 +17,12 @@ from typing import Any
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
-from app import audit, webhooks
+from app import audit, job_reports, webhooks
 from app.db import session_scope
 from app.models import Job, Model, ModelVersion
 from app.storage import get_storage
 from app.sweeper import Timings, utcnow
-from worker import lease
+from worker import lease, progress, version_stats
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +56,24 @@ def criterion_message(result: Any, config: Any) -> str:
     )
 
 
-def _end_jobs(session: Any, job_ids: list[str], state: str, **values: Any) -> list[Job]:
-    """Move running jobs to a final state; jobs no longer running (someone else ended them) are skipped."""
+def _end_jobs(session: Any, job_ids: list[str], state: str, iterations: int | None = None,
+              **values: Any) -> list[Job]:
+    """Move running jobs to a final state; jobs no longer running (someone else ended them) are skipped.
+
+    Their progress then reads done (worker/progress.py), at the run's final iteration when it ran.
+    """
     ended = []
     for job_id in job_ids:
+        now = utcnow()
         done = session.execute(
             update(Job).where(Job.id == job_id, Job.state == "running")
-            .values(state=state, finished_at=utcnow(), **values)
+            .values(state=state, finished_at=now, **values)
             .execution_options(synchronize_session=False)
         )
         if done.rowcount == 1:
             job = session.get(Job, job_id, populate_existing=True)
             if job is not None:
+                job.progress = progress.finished(job.progress, now, iterations)
                 webhooks.record(session, job, webhooks.COMPLETED)
                 ended.append(job)
     return ended
@@ -88,17 +93,32 @@ def cleanup_run(batch: Any, settings: Any) -> None:
     get_storage(settings).delete_prefix(f"runs/{batch.run_id}/")
 
 
-def fail_jobs(batch: Any, settings: Any, t: Timings, job_ids: list[str], message: str) -> None:
+def fail_jobs(batch: Any, settings: Any, t: Timings, job_ids: list[str], message: str, result: Any = None) -> None:
+    """Fail these jobs, each keeping a report: the run's own when it measured something (`result`), else
+    a small one with the error and the phase it failed in."""
+    storage = get_storage(settings)
     with session_scope(settings) as session:
-        ended = _end_jobs(session, job_ids, "failed", error=message)
+        ended = _end_jobs(session, job_ids, "failed", getattr(result, "iterations", None), error=message)
         for job in ended:
+            report = result.reports.get(job.id) if result is not None else None
+            if report is not None:
+                job.report_key = _store_report(storage, job.id, {**report, "model": {
+                    **report.get("model", {}), "new_version": None}}, result.html.get(job.id, ""),
+                    job_reports.outcome("failed", message, job.progress.get("last_phase"), None))
+            else:
+                job.report_key = job_reports.store_failure(session, storage, job, message)
             audit.record(session, _actor(), "job.failed", job.id, {"error": message, "run_id": batch.run_id})
     _delete_uploads(settings, ended)
 
 
-def fail(batch: Any, settings: Any, t: Timings, message: str) -> None:
-    fail_jobs(batch, settings, t, batch.job_ids, message)
+def fail(batch: Any, settings: Any, t: Timings, message: str, result: Any = None) -> None:
+    fail_jobs(batch, settings, t, batch.job_ids, message, result)
     cleanup_run(batch, settings)
+
+
+def _store_report(storage: Any, job_id: str, report: dict[str, Any], page: str, outcome: dict[str, Any]) -> str:
+    """The library's report with how the job ended (`outcome`) added."""
+    return job_reports.store(storage, job_id, {**report, "outcome": outcome}, page)
 
 
 def cancel(batch: Any, settings: Any, t: Timings, cancelled_ids: list[str]) -> None:
@@ -146,9 +166,9 @@ def succeed(batch: Any, settings: Any, t: Timings, owner: str, result: Any, chec
     with open(checkpoint, "rb") as f:
         storage.put_file(key, f)
     for job_id in batch.job_ids:
-        report = result.reports.get(job_id, {})
-        storage.put_bytes(f"reports/{job_id}.json", json.dumps(report, indent=2, default=str).encode())
-        storage.put_bytes(f"reports/{job_id}.html", result.html.get(job_id, "").encode())
+        _store_report(storage, job_id, result.reports.get(job_id, {}), result.html.get(job_id, ""),
+                      job_reports.outcome("succeeded", None, None, new_version))
+    _store_version_stats(storage, batch, new_version, sha, result)
 
     try:
         with session_scope(settings) as session:
@@ -166,10 +186,9 @@ def succeed(batch: Any, settings: Any, t: Timings, owner: str, result: Any, chec
             if promoted:
                 model.current_version = new_version
                 audit.record(session, _actor(), "model.current_version", model.id, {"version": new_version})
-            ended = _end_jobs(session, batch.job_ids, "succeeded", version=new_version, error=None)
+            ended = _end_jobs(session, batch.job_ids, "succeeded", result.iterations, version=new_version, error=None)
             for job in ended:
                 job.report_key = f"reports/{job.id}.json"
-                job.progress = {**(job.progress or {}), "iteration": result.iterations}
                 audit.record(session, _actor(), "job.succeeded", job.id, {"version": new_version, "sha256": sha})
     except IntegrityError:
         # A version on this parent exists already: never a second one. Send the jobs round again on top
@@ -180,6 +199,15 @@ def succeed(batch: Any, settings: Any, t: Timings, owner: str, result: Any, chec
         return
     _delete_uploads(settings, ended)
     cleanup_run(batch, settings)
+
+
+def _store_version_stats(storage: Any, batch: Any, version: int, sha: str, result: Any) -> None:
+    """The new version's μ_R, σ_R as its report measured them, for `POST /v1/verify` (forget runs only: a
+    rebalance run's remember set is one side of the attribute, not the model's reference set)."""
+    report: dict[str, Any] = next(iter(result.reports.values()), {})
+    stats = version_stats.from_report(report)
+    if stats is not None and (report.get("job") or {}).get("kind") == "forget_identity":
+        version_stats.write(storage, batch.model_id, version, sha, stats, "run")
 
 
 def _requeue(settings: Any, batch: Any) -> None:

@@ -134,8 +134,10 @@ def claim_batch(session: Any, model_id: str, t: Timings, settings: Any) -> Batch
                 f"This job was started {jobs[0].attempts} times and its worker stopped each time (crash, "
                 f"restart or lost machine); gave up after {t.max_attempts} attempts. The model was not changed."
             )
+            from app.storage import get_storage
+
             for job in jobs:
-                give_up(session, job, message, actor(), now)
+                give_up(session, job, message, actor(), now, get_storage(settings))
             _cleanup(settings, jobs)
             return claim_batch(session, model_id, t, settings)
         for job in jobs:

@@ -29,9 +29,13 @@ def register_model(
     remember: Annotated[list[UploadFile], File(description="reference remember set: images or one .npz")],
     args: Annotated[UploadFile | None, File(description="args.json of a rosinality state_dict")] = None,
     require_promotion: Annotated[bool | None, Form()] = None,
+    remember_holdout: Annotated[list[UploadFile] | None, File(
+        description="optional held-out photos of the remembered people (images or one .npz): the reports "
+        "measure held-out photos against these")] = None,
 ) -> ModelOut:
     """Register a base model (version 1) with its reference remember set (admin)."""
-    model = registry.register(session, storage, settings, key, name, checkpoint, args, remember, require_promotion)
+    model = registry.register(session, storage, settings, key, name, checkpoint, args, remember, require_promotion,
+                              remember_holdout)
     return ModelOut.of(model)
 
 

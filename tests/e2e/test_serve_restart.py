@@ -112,11 +112,15 @@ def test_rosinality_upload_and_verify_run_the_real_library(tmp_path: Path) -> No
         model = client.register_model("imported", tmp_path / "model.pt", [MODEL / "remember.npz"],
                                       args=tmp_path / "args.json")
         assert model["image_size"] == 32 and model["channels"] == 1
-        photos = sorted((MODEL / "demo" / "holdout").glob("*.png"))
+        photos = sorted((MODEL / "demo" / "forget").glob("*.png"))  # photos the base model trained on
         files = [("images", (p.name, p.read_bytes(), "image/png")) for p in photos]
         r = http.post("/v1/verify", headers={"Authorization": f"Bearer {admin}"}, data={"model_id": model["id"]},
                       files=files)
     assert r.status_code == 200, r.text
-    items = r.json()["images"]
+    body = r.json()
+    items = body["images"]
     assert [i["name"] for i in items] == [p.name for p in photos]
     assert all(0 < i["quantile"] < 1 and i["bpd"] > 0 for i in items)
+    # the base model has forgotten nobody: the person's photos are far short of μ_R + 4σ_R
+    assert body["reached"] is False and body["threshold"] > body["remember"]["mu"]
+    assert all(not i["reached"] and i["d"] < -body["epsilon"] for i in items)

@@ -35,7 +35,7 @@ def unavailable(reason: str) -> None:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """Embedded mode in a fresh folder: SQLite, local objects, filesystem broker."""
-    return Settings(var_dir=tmp_path / "var")
+    return Settings(var_dir=tmp_path / "var", verify_prestart=False)  # a verify process only when a test asks
 
 
 @pytest.fixture
@@ -82,7 +82,7 @@ def redis_url() -> str:
 def distributed(tmp_path: Path, pg_url: str, s3_endpoint: str, redis_url: str) -> Settings:
     """Distributed mode: PostgreSQL, a fresh S3 bucket, Redis as the broker."""
     return Settings(var_dir=tmp_path / "var", database_url=pg_url, storage_url=f"s3://t-{uuid.uuid4().hex[:12]}",
-                    s3_endpoint_url=s3_endpoint, broker_url=redis_url)
+                    s3_endpoint_url=s3_endpoint, broker_url=redis_url, verify_prestart=False)
 
 
 @pytest.fixture

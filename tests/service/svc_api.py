@@ -65,3 +65,28 @@ class Api:
         if files is None:
             files = [("forget", (f"f{i}.png", png(32, seed=10 + i), "image/png")) for i in range(2)]
         return self.client.post("/v1/jobs", headers={**self.h(role), **(headers or {})}, data=data, files=files)
+
+
+class CannedVerifier:
+    """Stands in for the warm verify process (app.verify.Verifier) where a test is about the API around it:
+    answers every image with the given bpd against μ_R = 2, σ_R = 0.5 (threshold 4 at δ = 4)."""
+
+    def __init__(self, bpd: float = 5.0) -> None:
+        self.bpd = bpd
+        self.requests: list[dict[str, Any]] = []
+
+    def ask(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+        self.requests.append(request)
+        mu, sigma, delta = 2.0, 0.5, request["delta"]
+        eps = request["epsilon"] or 0.15 * abs(delta)
+        d = (self.bpd - (mu + delta * sigma)) / sigma
+        images = [{"name": i["name"], "bpd": self.bpd, "quantile": 0.01, "d": d, "reached": d >= -eps,
+                   "counted": i["counted"]} for i in request["images"]]
+        votes = [i["reached"] for i in images if i["counted"]]
+        verdict = {"delta": delta, "epsilon": eps, "threshold": mu + delta * sigma,
+                   "remember": {"mu": mu, "sigma": sigma, "n": 3, "draws": 5, "seed": 0}, "images": images,
+                   "reached": bool(votes) and all(votes), "counted": len(votes), "summary": "canned"}
+        return {"ok": True, "verdict": verdict, "stats_source": "reference_set", "seconds": 0.01}
+
+    def close(self) -> None:
+        pass

@@ -6,10 +6,8 @@ import uuid
 from typing import Any
 
 import pytest
-from svc_api import Api
+from svc_api import Api, CannedVerifier
 from svc_media import checkpoint, png
-
-import app.verify
 
 ROLES = ("admin", "operator", "other", "auditor", None)  # "other" is an operator that does not own the job
 
@@ -27,7 +25,7 @@ def _job_files(model_id: str) -> dict[str, Any]:
 
 @pytest.fixture
 def world(api: Api, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    monkeypatch.setattr(app.verify, "_run", lambda *a: {"images": [{"bpd": 1.0, "quantile": 0.5}]})
+    api.app.state.verifier = CannedVerifier()
     model = api.register_model()
     job = api.submit(model["id"]).json()
     done = api.submit(model["id"]).json()  # a second job of the same operator, given a report below

@@ -85,7 +85,9 @@ def test_restart_loses_no_queued_job(settings: Any) -> None:
 def test_progress_events_and_reports(api: Api, model: dict[str, Any]) -> None:
     job = api.submit(model["id"], parameters={"max_iterations": 50}).json()
     assert job["progress"] == {"iteration": 0, "max_iterations": 50, "max_abs_d": None, "share": None,
-                               "eta_seconds": None}
+                               "phase": "queued", "phase_started_at": None, "phase_seconds": {}, "done": False,
+                               "eta_seconds": None, "eta_basis": None, "eta_cap_seconds": None,
+                               "iterations_per_second": None}
     report = api.client.get(f"/v1/jobs/{job['id']}/report", headers=api.h("operator"))
     assert (report.status_code, report.json()["error"]["code"]) == (404, "report_not_found")
     _set(api, job["id"], state="succeeded", progress={"iteration": 12, "max_abs_d": 0.1}, version=2)
@@ -93,12 +95,14 @@ def test_progress_events_and_reports(api: Api, model: dict[str, Any]) -> None:
     api.storage.put_bytes(f"reports/{job['id']}.html", b"<h1>report</h1>")
     got = api.client.get(f"/v1/jobs/{job['id']}", headers=api.h("operator")).json()
     assert got["progress"]["iteration"] == 12 and got["version"] == 2
+    assert got["progress"]["done"] is True and got["progress"]["phase"] == "done"  # ended: reads done
     assert api.client.get(f"/v1/jobs/{job['id']}/report", headers=api.h("operator")).json()["stopping"]
     html = api.client.get(f"/v1/jobs/{job['id']}/report.html", headers=api.h("operator"))
     assert html.headers["content-type"].startswith("text/html") and "report" in html.text
     with api.client.stream("GET", f"/v1/jobs/{job['id']}/events", headers=api.h("operator")) as stream:
         text = "".join(stream.iter_text())
     assert "event: state" in text and '"succeeded"' in text and text.rstrip().endswith('{"state": "succeeded"}')
+    assert '"phase":"done"' in text and '"done":true' in text
 
 
 def test_promote_back_past_an_erasure_needs_force(api: Api, model: dict[str, Any]) -> None:

@@ -26,18 +26,24 @@ FAIL_SEED = 666  # a TameConfig with this seed ends with criterion_met=False
 
 def run_requests(base_checkpoint: Path, remember: Any, requests: list[Any], config: Any, out_checkpoint: Path, *,
                  rebalance: Any = None, on_step: Any = None, resume_state: dict[str, Any] | None = None,
-                 device: str = "cpu", model_meta: dict[str, Any] | None = None,
-                 cache_dir: Path | None = None) -> PipelineResult:
+                 device: str = "cpu", model_meta: dict[str, Any] | None = None, remember_holdout: Any = None,
+                 cache_dir: Path | None = None, on_phase: Any = None) -> PipelineResult:
+    phase = on_phase or (lambda _name: None)
     start = int(resume_state["iteration"]) if resume_state else 0
-    RUNS.append({"keys": [r.key for r in requests], "start": start, "meta": [r.meta for r in requests]})
+    RUNS.append({"keys": [r.key for r in requests], "start": start, "meta": [r.meta for r in requests],
+                 "remember_holdout": None if remember_holdout is None else len(remember_holdout)})
     total = int(config.max_iterations)
     began = time.monotonic()
+    for name in ("loading", "features", "taming"):
+        phase(name)
     for it in range(start + 1, total + 1):
         time.sleep(STEP_SECONDS)
         if on_step is not None:
             elapsed = time.monotonic() - began
             on_step(StepInfo(it, total, 1.0 / it, 3.0, 0.5, None, {"loss": 1.0}, elapsed,
                              elapsed / (it - start) * (total - it), partial(_state, it)))
+    phase("confirming")
+    phase("evaluating")
     model, _ = load_checkpoint(base_checkpoint)
     sha = save_checkpoint(model, out_checkpoint, parent=str((model_meta or {}).get("parent_sha256")))
     met = config.seed != FAIL_SEED
@@ -48,9 +54,11 @@ def run_requests(base_checkpoint: Path, remember: Any, requests: list[Any], conf
             "model": {**(model_meta or {}), "new_sha256": sha},
             "stopping": {"criterion_met": met, "iterations": total, "resumed_from": start},
             "inputs": {"forget": [{"sha256": s} for s in r.forget.sha256]},
+            "metrics": {"reference_stats": {"remember": {"tamed": {"mu": 2.0, "sigma": 0.25, "n": len(remember)}}}},
         }
         for r in requests
     }
+    phase("reporting")
     return PipelineResult(sha, met, total, reports, {k: "<html></html>" for k in reports})
 
 

@@ -60,6 +60,9 @@ def test_submit_succeeds_with_version_2(stack: tuple[Any, str], workers: Any) ->
     report = h.report(settings, job_id)
     assert file_sha256(local) == v2.sha256 == report["model"]["new_sha256"]
     assert report["stopping"]["criterion_met"] is True
+    assert job.progress["done"] is True and job.progress["iteration"] == job.progress["max_iterations"]
+    assert {"loading", "taming", "confirming", "evaluating", "reporting"} <= set(job.progress["phase_seconds"])
+    assert storage.exists(f"stats/{model_id}/v2.json")  # the version's μ_R, σ_R for verify
     _uploads_gone(settings, job_id)
     with session_scope(settings) as session:
         assert session.get(Model, model_id).current_version == 2

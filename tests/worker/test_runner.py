@@ -25,8 +25,10 @@ PARAMS = {"max_iterations": 12, "delta": 2.0}
 
 
 @pytest.fixture
-def stack(embedded: Any, model_files: dict[str, Any]) -> tuple[Any, str]:
-    fake_pipeline.install(0.0)
+def stack(embedded: Any, model_files: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> tuple[Any, str]:
+    # through monkeypatch, so that the real pipeline is back for the tests that run after these
+    monkeypatch.setattr("taming.pipeline.run_requests", fake_pipeline.run_requests)
+    monkeypatch.setattr(fake_pipeline, "STEP_SECONDS", 0.0)
     fake_pipeline.RUNS.clear()
     return embedded, h.add_model(embedded, model_files)
 
@@ -134,7 +136,7 @@ def test_a_dead_run_resumes_from_its_saved_state(stack: tuple[Any, str], tmp_pat
     assert get_storage(settings).list("runs/r1/") == []
 
 
-def test_criterion_not_met_fails_without_a_version(stack: tuple[Any, str]) -> None:
+def test_criterion_not_met_fails_without_a_version_and_keeps_its_report(stack: tuple[Any, str]) -> None:
     settings, model_id = stack
     job_id = h.submit(settings, model_id, 30, {**PARAMS, "seed": fake_pipeline.FAIL_SEED}, enqueue=False)
     handle_doorbell(job_id, settings)
@@ -142,6 +144,83 @@ def test_criterion_not_met_fails_without_a_version(stack: tuple[Any, str]) -> No
     assert job.state == "failed" and "stop criterion was not met" in job.error
     assert [v.version for v in h.versions(settings, model_id)] == [1]
     assert get_storage(settings).list(f"uploads/{job_id}/") == []
+    # what the run measured stays readable, and says how the job ended
+    assert job.report_key == f"reports/{job_id}.json"
+    report = h.report(settings, job_id)
+    assert report["stopping"]["criterion_met"] is False and report["model"]["new_version"] is None
+    assert report["outcome"]["state"] == "failed" and "stop criterion" in report["outcome"]["error"]
+    assert job.progress["done"] is True and job.progress["iteration"] == PARAMS["max_iterations"]
+    assert not get_storage(settings).exists(f"stats/{model_id}/v2.json")
+
+
+def _named_key(settings: Any, job_id: str, name: str) -> str:
+    from app.auth import create_key
+
+    with session_scope(settings) as s:
+        key, _ = create_key(s, "operator", name)
+        s.execute(update(Job).where(Job.id == job_id).values(submitted_by=key.id))
+        return key.id
+
+
+def test_a_job_that_fails_before_anything_is_measured_keeps_a_small_report(stack: tuple[Any, str]) -> None:
+    settings, model_id = stack
+    job_id = h.submit(settings, model_id, 30, PARAMS, n_images=2, enqueue=False)
+    key_id = _named_key(settings, job_id, "erasure-desk")
+    storage = get_storage(settings)
+    for key in storage.list(f"uploads/{job_id}/"):
+        storage.put_bytes(key, b"not an image any more")
+    handle_doorbell(job_id, settings)
+    job = h.job(settings, job_id)
+    assert job.state == "failed" and "could not be used" in job.error
+    report = h.report(settings, job_id)
+    assert report["outcome"] == {"state": "failed", "error": job.error, "phase": "loading", "version": None}
+    assert report["stopping"]["criterion_met"] is False and report["stopping"]["iterations"] == 0
+    assert [i["sha256"] for i in report["inputs"]["forget"]] == [u["sha256"] for u in job.uploads]
+    assert (report["job"]["submitted_by"], report["job"]["submitted_by_name"]) == (key_id, "erasure-desk")
+    assert "erasure-desk" in storage.get_bytes(f"reports/{job_id}.html").decode()
+
+
+def test_a_finished_job_reads_done_and_its_version_keeps_its_statistics(stack: tuple[Any, str],
+                                                                         monkeypatch: Any) -> None:
+    from worker import version_stats
+
+    settings, model_id = stack
+    job_id = h.submit(settings, model_id, 30, PARAMS, enqueue=False)
+    _named_key(settings, job_id, "alice")
+    real, seen = fake_pipeline.run_requests, []
+
+    def watching(*args: Any, on_phase: Any = None, **kw: Any) -> Any:
+        def phase(name: str) -> None:
+            on_phase(name)
+            seen.append(h.job(settings, job_id).progress["phase"])  # on the row at once
+        return real(*args, on_phase=phase, **kw)
+
+    monkeypatch.setattr("taming.pipeline.run_requests", watching)
+    handle_doorbell(job_id, settings)
+    assert seen == ["loading", "features", "taming", "confirming", "evaluating", "reporting"]
+    job = h.job(settings, job_id)
+    p = job.progress
+    assert job.state == "succeeded" and p["done"] is True and p["phase"] == "done"
+    assert p["iteration"] == p["max_iterations"] == p["iteration_cap"] == PARAMS["max_iterations"]
+    assert set(seen) <= set(p["phase_seconds"]) and p["last_phase"] == "reporting"
+    report = h.report(settings, job_id)
+    assert report["outcome"] == {"state": "succeeded", "error": None, "phase": None, "version": 2}
+    assert report["job"]["submitted_by_name"] == "alice"
+    stats = version_stats.read(get_storage(settings), model_id, 2, h.versions(settings, model_id)[-1].sha256)
+    assert stats is not None and (stats["source"], stats["mu"], stats["sigma"]) == ("run", 2.0, 0.25)
+
+
+def test_the_models_held_out_remember_set_reaches_the_run(stack: tuple[Any, str], model_files: dict[str, Any]) -> None:
+    settings, model_id = stack
+    storage = get_storage(settings)
+    with open(model_files["remember"], "rb") as f:
+        storage.put_file(f"remember_holdout/{model_id}/remember_holdout.npz", f)
+    with session_scope(settings) as s:
+        s.get(Model, model_id).remember_holdout_prefix = f"remember_holdout/{model_id}/"
+    job_id = h.submit(settings, model_id, 30, PARAMS, enqueue=False)
+    handle_doorbell(job_id, settings)
+    assert h.job(settings, job_id).state == "succeeded"
+    assert fake_pipeline.RUNS[-1]["remember_holdout"] == 200  # people 0-19, 10 photos each
 
 
 def test_sweeper_rescues_stale_jobs_and_gives_up_after_max_attempts(stack: tuple[Any, str], monkeypatch: Any) -> None:
@@ -164,6 +243,7 @@ def test_sweeper_rescues_stale_jobs_and_gives_up_after_max_attempts(stack: tuple
     assert result["failed"] == [dead]
     job = h.job(settings, dead)
     assert job.state == "failed" and "gave up after 3 attempts" in job.error
+    assert h.report(settings, dead)["outcome"]["error"] == job.error  # it keeps a report saying why
     assert get_storage(settings).list(f"uploads/{dead}/") == []
     with session_scope(settings) as s:  # rescued once per stale period, not once per sweep
         assert sweep_once(s, settings)["enqueued"] == [forgotten]
