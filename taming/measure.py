@@ -62,7 +62,7 @@ def probe_samples(base: Glow, tamed: Glow, embedder: Embedder, base_key: str, ca
                   samples: int = GENERATION_SAMPLES, temperature: float = GENERATION_TEMPERATURE,
                   seed: int = GENERATION_SEED) -> SampleProbe:
     """Embed both models' samples; the base model's come from the cache when this version was probed before."""
-    path = cache_dir / f"samples-{base_key[:24]}-{samples}-{temperature}-{seed}.pt" if cache_dir else None
+    path = cache_dir / f"samples-{base_key}-{samples}-{temperature}-{seed}.pt" if cache_dir else None
     if path is not None and path.exists():
         base_emb = torch.load(path, weights_only=True)
     else:

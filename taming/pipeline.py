@@ -8,7 +8,6 @@ and each request gets its own report pointing at the one new checkpoint.
 from __future__ import annotations
 
 import copy
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -21,7 +20,7 @@ from torch import Tensor
 
 from taming.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from taming.data import DataError, FaceSet, quantize, screen
-from taming.evaluate import BaseCache, discrete_likelihood, evaluate_sets, quantiles, sample_frechet
+from taming.evaluate import BaseCache, sample_frechet
 from taming.features import (
     Embedder,
     FeatureSpace,
@@ -31,32 +30,13 @@ from taming.features import (
     save_embedder,
 )
 from taming.glow import Glow
-from taming.likelihood import mean_bpd
-from taming.measure import SampleProbe, certificate, generation, negatives_for, probe_samples, strip_latents
-from taming.report import build_report, make_figures, render_html
-from taming.tame import StepInfo, TameConfig, TameResult, tame
+from taming.measure import probe_samples
+from taming.report import render_html
+from taming.requests import Planned, Rebalance, Request
+from taming.run_report import RunContext, Stages, report_for
+from taming.tame import StepInfo, TameConfig, tame
 
 FEATURES_VERSION = "v2"  # bumped whenever the feature network's recipe changes, so no stale network is reused
-
-
-@dataclass
-class Request:
-    """One erasure request inside a run: its forget images, optional held-out images, report metadata."""
-
-    key: str  # the job id; keys the per-request reports
-    forget: FaceSet
-    holdout: FaceSet | None = None
-    meta: dict[str, Any] = field(default_factory=dict)  # the report's "job" section
-
-
-@dataclass
-class Rebalance:
-    """An attribute to rebalance: images with it (positive) and without (negative)."""
-
-    positive: FaceSet
-    negative: FaceSet
-    target_share: float
-    direction: str = "decrease"  # or "increase"
 
 
 @dataclass
@@ -66,15 +46,7 @@ class PipelineResult:
     iterations: int
     reports: dict[str, dict[str, Any]]  # request key -> JSON report (DESIGN.md section 8)
     html: dict[str, str]  # request key -> HTML report
-
-
-@dataclass
-class _Planned:
-    """A request's forget images after screening, and where they sit in the run's D_F."""
-
-    request: Request
-    reasons: list[str | None]
-    rows: slice  # this request's included images within D_F
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage of the run (bench/job_profile.py)
 
 
 def run_requests(
@@ -103,66 +75,80 @@ def run_requests(
     when a stop is not confirmed), evaluating, reporting.
     Raises DataError when no forget image carries an identity.
     """
-    started = time.perf_counter()
+    started, stages = time.perf_counter(), Stages()
     phase = on_phase or (lambda _name: None)
     phase("loading")
-    base, meta = load_checkpoint(base_checkpoint)
-    base.to(device)
-    # on the model's whole reference set, so that one cached network serves every request for this model
+    with stages("loading"):
+        base, meta = load_checkpoint(base_checkpoint)
+        base.to(device)
     phase("features")
-    space = features_for(remember, cache_dir)
+    with stages("features"):
+        # on the model's whole reference set, so that one cached network serves every request for this model
+        space = features_for(remember, cache_dir)
     space_key = remember.data_hash()  # the feature network's key: the whole reference set, people included
     if rebalance is not None:
         requests, remember, config = _rebalance_sets(requests, rebalance, config)
     else:
-        remember = without_forgotten_people(remember, requests)
-        if len(remember) < 2:
-            raise DataError("the remember set has fewer than 2 images once the forgotten people are left out")
-        # other people's photos are the yardstick of the report: the person must not be among them
-        remember_holdout, unseen = (without_forgotten_people(s, requests) if s is not None else None
-                                    for s in (remember_holdout, unseen))
+        remember, remember_holdout, unseen = _others(remember, remember_holdout, unseen, requests)
     planned, forget_u8 = _plan(requests)
     share_fn, classifier = _share_fn(rebalance, base.config.in_channel) if rebalance else (None, None)
     near = _near_images(space, planned, remember) if rebalance is None and config.near_fraction > 0 else None
     n_bits = base.config.n_bits
     phase("taming")
-    result = tame(copy.deepcopy(base), base, quantize(forget_u8, n_bits), quantize(remember.images, n_bits),
-                  config, on_step=on_step, resume=resume_state, share_fn=share_fn, near=near, on_phase=phase)
+    with stages("taming"):
+        result = tame(copy.deepcopy(base), base, quantize(forget_u8, n_bits), quantize(remember.images, n_bits),
+                      config, on_step=on_step, resume=resume_state, share_fn=share_fn, near=near, on_phase=phase)
     phase("evaluating")
     parent_sha = file_sha256(base_checkpoint)
     sha = save_checkpoint(result.model, out_checkpoint, data_hash=meta.get("data_hash", ""), parent=parent_sha)
-    probe = None
-    if rebalance is None and isinstance(space, Embedder):
-        probe = probe_samples(base, result.model, space, f"{parent_sha[:16]}-{space_key[:16]}", cache_dir)
+    with stages("samples"):
+        probe = (probe_samples(base, result.model, space, f"{parent_sha[:16]}-{space_key[:16]}", cache_dir)
+                 if rebalance is None and isinstance(space, Embedder) else None)
+    with stages("frechet"):
+        frechet = sample_frechet(base, result.model, space, remember.images)
     cache = BaseCache(cache_dir / f"base-bpd-{parent_sha[:16]}.npz" if cache_dir else None)
-    common = _Common(base, result, config, remember, remember_holdout, unseen, space, sha,
-                     {"parent_sha256": parent_sha, **(model_meta or {})},
-                     device, started, sample_frechet(base, result.model, space, remember.images), probe, cache)
+    context = RunContext(base, result, config, remember, remember_holdout, unseen, space, sha,
+                         {"parent_sha256": parent_sha, **(model_meta or {})}, device, started, stages, frechet,
+                         probe, cache)
     reports, figures = {}, {}
     measured: dict[str, tuple[Tensor, Tensor]] = {}
     for plan in planned:
-        reports[plan.request.key], figures[plan.request.key] = _report(plan, common, measured, rebalance, classifier)
+        reports[plan.request.key], figures[plan.request.key] = report_for(plan, context, measured, rebalance,
+                                                                          classifier)
     cache.save()
     phase("reporting")
-    html = {key: render_html(report, figures[key]) for key, report in reports.items()}
-    return PipelineResult(sha, result.criterion_met, result.iterations, reports, html)
+    with stages("html"):
+        html = {key: render_html(report, figures[key]) for key, report in reports.items()}
+    return PipelineResult(sha, result.criterion_met, result.iterations, reports, html, stages.seconds)
 
 
-def _plan(requests: list[Request]) -> tuple[list[_Planned], Tensor]:
+def _others(remember: FaceSet, remember_holdout: FaceSet | None, unseen: FaceSet | None,
+            requests: list[Request]) -> tuple[FaceSet, FaceSet | None, FaceSet | None]:
+    """D_R and the report's sets of other people, without anyone being forgotten (DESIGN.md section 4, step 8):
+    other people's photos are the yardstick of the report, so the person must not be among them either."""
+    remember = without_forgotten_people(remember, requests)
+    if len(remember) < 2:
+        raise DataError("the remember set has fewer than 2 images once the forgotten people are left out")
+    holdout, never = (without_forgotten_people(s, requests) if s is not None else None
+                      for s in (remember_holdout, unseen))
+    return remember, holdout, never
+
+
+def _plan(requests: list[Request]) -> tuple[list[Planned], Tensor]:
     """Screen every request's images (DESIGN.md section 4, step 9) and stack the included ones as D_F."""
     planned, chunks, start = [], [], 0
     for request in requests:
         reasons = screen(request.forget.images)
         keep = torch.tensor([r is None for r in reasons], dtype=torch.bool)
         chunks.append(request.forget.images[keep])
-        planned.append(_Planned(request, reasons, slice(start, start + int(keep.sum()))))
+        planned.append(Planned(request, reasons, slice(start, start + int(keep.sum()))))
         start += int(keep.sum())
     if start == 0:
         raise DataError("none of the forget images carries an identity (all nearly black or uniform)")
     return planned, torch.cat(chunks)
 
 
-def _near_images(space: FeatureSpace, planned: list[_Planned], remember: FaceSet, k: int = 5) -> Tensor | None:
+def _near_images(space: FeatureSpace, planned: list[Planned], remember: FaceSet, k: int = 5) -> Tensor | None:
     """Indices into `remember` of the images of the k identities nearest to each request's person."""
     if (remember.identity < 0).all() or not isinstance(space, Embedder):
         return None
@@ -222,149 +208,3 @@ def _share_fn(rebalance: Rebalance, channels: int) -> tuple[Callable[[Glow], flo
     return share, classifier
 
 
-@dataclass
-class _Common:
-    """What every request's report shares."""
-
-    base: Glow
-    result: TameResult
-    config: TameConfig
-    remember: FaceSet
-    remember_holdout: FaceSet | None
-    unseen: FaceSet | None
-    space: FeatureSpace
-    sha256: str
-    model_meta: dict[str, Any]
-    device: str
-    started: float
-    frechet: dict[str, Any] = field(default_factory=dict)  # the same two models for every request
-    probe: SampleProbe | None = None  # both models' sample embeddings, for the generation evidence
-    base_cache: BaseCache | None = None  # the base model's figures of images measured for this version before
-
-
-def _report(plan: _Planned, c: _Common, measured: dict[str, tuple[Tensor, Tensor]], rebalance: Rebalance | None,
-            classifier: Any) -> tuple[dict[str, Any], dict[str, bytes]]:
-    n_bits = c.base.config.n_bits
-    request = plan.request
-    included = request.forget.subset(np.array([r is None for r in plan.reasons], dtype=bool))
-    sets = {"forget": included.images, "remember": c.remember.images}
-    if request.holdout is not None and len(request.holdout):
-        sets["forget_holdout"] = request.holdout.images
-    for key, faces in (("remember_holdout", c.remember_holdout), ("remember_unseen", c.unseen)):
-        if faces is not None and len(faces):
-            sets[key] = faces.images
-    nearest = _nearest(c, included) if rebalance is None else []
-    if nearest:
-        sets["remember_nearest"] = c.remember.select(nearest).images
-    quantized = {k: quantize(v, n_bits) for k, v in sets.items()}
-    evaluation = evaluate_sets(c.base, c.result.model, quantized, n_bits, sigma_r=c.result.sigma_r, measured=measured,
-                               base_cache=c.base_cache)
-    measured.update({k: v for k, v in evaluation["bpd"].items() if k not in ("forget", "forget_holdout",
-                                                                              "remember_nearest")})
-    metrics = evaluation["metrics"]
-    # which reference set gave each set its quantiles, and its mu, sigma (the verify service reuses them)
-    metrics["quantile_reference"] = evaluation["reference_of"]
-    metrics["reference_stats"] = evaluation["reference"]
-    metrics["discrete_likelihood"] = discrete_likelihood(c.base, c.result.model, quantized, n_bits,
-                                                         sigma_r=c.result.sigma_r)
-    metrics["frechet_distance"] = c.frechet
-    metrics["nearest_identities"] = nearest
-    metrics["certificate"] = certificate(c.result, c.config, plan.rows)
-    if c.probe is not None and isinstance(c.space, Embedder) and len(included):
-        negatives = negatives_for(c.remember_holdout, c.unseen, c.remember)
-        metrics["generation"] = generation(c.probe, c.space, included, request.holdout, c.remember,
-                                           negatives).to_dict()
-    if rebalance is not None:
-        metrics["attribute_share"] = _shares(c, classifier, rebalance)
-    forget_items = _forget_items(plan, c, evaluation)
-    report = build_report(
-        job=request.meta,
-        model={**c.model_meta, "new_sha256": c.sha256},
-        parameters=_parameters(c.config),
-        inputs={"forget": forget_items,
-                "holdout": [{"sha256": h} for h in (request.holdout.sha256 if request.holdout else [])]},
-        stopping={"criterion_met": c.result.criterion_met, "iterations": c.result.iterations,
-                  "max_abs_d": max((abs(i["d"]) for i in forget_items if not i["excluded"]), default=0.0),
-                  "reason": c.result.reason, "epsilon": c.config.eps, "estimator": c.config.estimator,
-                  "draws": c.config.confirm_draws},
-        metrics=metrics,
-        history=c.result.history,
-        timing=_timing(c),
-    )
-    return report, _figures(c, evaluation, metrics.get("generation"))
-
-
-def _nearest(c: _Common, included: FaceSet) -> list[int]:
-    if (c.remember.identity < 0).all() or not isinstance(c.space, Embedder):
-        return []  # nearest *identities* need identities and a face embedding, not pixel PCA
-    return nearest_identities(c.space, included.images, c.remember.images, c.remember.identity, k=5)
-
-
-def _forget_items(plan: _Planned, c: _Common, evaluation: dict[str, Any]) -> list[dict[str, Any]]:
-    """One item per uploaded forget image: bpd and quantile before/after, final d, exclusion reason."""
-    n_bits = c.base.config.n_bits
-    per = evaluation["per_image"]["forget"]
-    ref = evaluation["reference"]["remember"]
-    d = c.result.d[plan.rows]
-    items, j = [], 0
-    for i, reason in enumerate(plan.reasons):
-        item: dict[str, Any] = {"sha256": plan.request.forget.sha256[i], "name": plan.request.forget.names[i],
-                                "excluded": reason is not None, "reason": reason}
-        if reason is None:
-            item.update(bpd_before=float(per["bpd_before"][j]), bpd_after=float(per["bpd_after"][j]),
-                        quantile_before=float(per["quantile_before"][j]),
-                        quantile_after=float(per["quantile_after"][j]), d=float(d[j]))
-            j += 1
-        else:
-            x = quantize(plan.request.forget.images[i : i + 1], n_bits)
-            before, after = mean_bpd(c.base, x, n_bits), mean_bpd(c.result.model, x, n_bits)
-            item.update(bpd_before=float(before[0]), bpd_after=float(after[0]),
-                        quantile_before=float(quantiles(before, ref["base"]["mu"], ref["base"]["sigma"])[0]),
-                        quantile_after=float(quantiles(after, ref["tamed"]["mu"], ref["tamed"]["sigma"])[0]),
-                        d=None)
-        items.append(item)
-    return items
-
-
-def _shares(c: _Common, classifier: Any, rebalance: Rebalance) -> dict[str, float]:
-    before = classifier.share(c.base.sample(256, temperature=0.7, seed=12345).cpu())
-    after = classifier.share(c.result.model.sample(256, temperature=0.7, seed=12345).cpu())
-    return {"before": before, "after": after, "target": rebalance.target_share}
-
-
-def _parameters(config: TameConfig) -> dict[str, Any]:
-    """Every knob of the run, the method's name first (DESIGN.md section 8 `parameters`)."""
-    return {"method": config.method, **config.to_dict()}
-
-
-def _timing(c: _Common) -> dict[str, Any]:
-    wall = time.perf_counter() - c.started
-    tame_s = c.result.wall_seconds
-    return {"wall_seconds": wall, "tame_seconds": tame_s,
-            "iterations_per_second": c.result.iterations / tame_s if tame_s > 0 else None,
-            "device": c.device if c.device != "cpu" else f"cpu ({platform.processor() or platform.machine()})"}
-
-
-def _figures(c: _Common, evaluation: dict[str, Any], gen: dict[str, Any] | None) -> dict[str, bytes]:
-    per = evaluation["per_image"]
-    latents = c.base.latents(16, 0.7, seed=0)
-    history = [{**h, "epsilon": c.config.eps} for h in c.result.history]
-    return make_figures(
-        samples_before=c.base.sample(16, z=latents).cpu(),
-        samples_after=c.result.model.sample(16, z=latents).cpu(),
-        remember_bpd_before=per["remember"]["bpd_before"], remember_bpd_after=per["remember"]["bpd_after"],
-        forget_bpd_before=per["forget"]["bpd_before"], forget_bpd_after=per["forget"]["bpd_after"],
-        threshold=c.result.mu_r + c.config.delta * c.result.sigma_r,
-        history=history,
-        strip=_strip(c, gen) if gen is not None else None,
-    )
-
-
-def _strip(c: _Common, gen: dict[str, Any]) -> list[Tensor]:
-    """Rows of the generation strip: the base model's samples most like the person, the tamed model's samples
-    from the same latents, and the tamed model's samples most like the person."""
-    assert c.probe is not None
-    before = strip_latents(c.base, c.probe, gen["nearest_before"])
-    after = strip_latents(c.base, c.probe, gen["nearest_after"])
-    return [c.base.sample(len(before[0]), z=before).cpu(), c.result.model.sample(len(before[0]), z=before).cpu(),
-            c.result.model.sample(len(after[0]), z=after).cpu()]

@@ -21,7 +21,6 @@ presets change one thing each (README, "The method, measured"):
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable
@@ -31,63 +30,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rules.method import DEFAULT_METHOD, knobs
+from taming.config import TameConfig, method_config
 from taming.data import dequantize
 from taming.glow import Glow
-from taming.likelihood import estimate, importance_weighted_bpd
+from taming.likelihood import importance_weighted_bpd
+from taming.loop_state import Loop, TamingError, recover, restore_state, save_state, snapshot
 from taming.losses import anchor_loss, forget_loss, remember_loss, symmetric_kl_loss, total_loss
+from taming.threshold import bpd_of, confirmed, distances, remember_bpd, remember_stats
 
-
-class TamingError(RuntimeError):
-    """A run that cannot go on (repeated non-finite losses); the message is for a person."""
-
-
-@dataclass(frozen=True)
-class TameConfig:
-    delta: float = 4.0  # threshold in σ_R; negative pulls images towards higher likelihood
-    epsilon: float | None = None  # stop tolerance on d; None means 0.15·|δ|
-    alpha: float = 0.6  # weight of the forget loss
-    gamma: float = 0.6  # weight of the KL terms inside the remember loss
-    lr: float = 5e-5
-    forget_batch: int = 8
-    remember_batch: int = 8
-    max_iterations: int = 800
-    stats_every: int = 10  # re-estimate μ_R, σ_R every this many iterations
-    stats_images: int = 1024
-    confirm_draws: int = 5
-    forget_loss: str = "paper"  # or "scale_free": sigmoid((Δ / (δ·σ_R))^2)
-    seed: int = 0
-    max_nan_events: int = 3
-    target_share: float | None = None  # rebalancing: stop when the attribute's share reaches this
-    direction: str = "decrease"  # rebalancing: whether the share should fall or rise to the target
-    share_every: int = 10
-    method: str = "paper"  # the name the report gives; method_config() fills the knobs below
-    forget_draws: int = 1  # dequantization draws per forget image in the loss (importance-weighted when > 1)
-    batch_policy: str = "random"  # or "lowest": the forget images farthest below the threshold
-    stop_rule: str = "paper"  # or "tracked"
-    certify: str = "mean"  # or "discrete": confirm on the importance-weighted bpd
-    certify_images: int = 1024  # remember images behind the confirmation's μ_R, σ_R
-    remember_loss: str = "paper"  # or "anchored"
-    near_fraction: float = 0.0  # share of each remember batch drawn from the person's nearest identities
-    even_weight: float = 0.0  # weight of the forget images' within-bin unevenness (mean − discrete bpd, in σ_R)
-    stats_rule: str = "refresh"  # or "rolling": μ_R, σ_R over the last stats_images remember bpd of the steps
-
-    @property
-    def eps(self) -> float:
-        return self.epsilon if self.epsilon is not None else 0.15 * abs(self.delta)
-
-    @property
-    def estimator(self) -> str:
-        """How the confirmation measures bpd: "mean" over draws (the paper) or "discrete"."""
-        return "discrete" if self.certify == "discrete" else "mean"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "epsilon": self.eps}
-
-
-def method_config(method: str = DEFAULT_METHOD, **overrides: Any) -> TameConfig:
-    """The TameConfig of a named method (rules.method.METHODS), with any field overridden."""
-    return TameConfig(**{**knobs(method), "method": method, **overrides})
+# Re-exported: the loop's configuration and threshold live in their own modules.
+__all__ = ["StepInfo", "TameConfig", "TameResult", "TamingError", "bpd_of", "confirmed", "distances",
+           "method_config", "remember_stats", "tame"]
 
 
 @dataclass
@@ -119,24 +72,7 @@ class TameResult:
     share: float | None
     history: list[dict[str, float]] = field(default_factory=list)
     wall_seconds: float = 0.0
-
-
-@dataclass
-class _Loop:
-    """Mutable state of one run: what `state()` saves and `resume` restores."""
-
-    iteration: int = 0
-    lr: float = 5e-5
-    nan_events: int = 0
-    elapsed: float = 0.0
-    history: list[dict[str, float]] = field(default_factory=list)
-    mu: float = float("nan")  # μ_R and σ_R as last estimated
-    sigma: float = float("nan")
-    sigma0: float = float("nan")  # σ_R of the base model: the unit of the anchored remember loss
-    tracked: Tensor = field(default_factory=lambda: torch.zeros(0))  # [K] latest bpd of each forget image
-    cursor: int = 0  # where the rotating re-measurement of tracked estimates goes on
-    window: Tensor = field(default_factory=lambda: torch.zeros(0))  # rolling remember bpd (stats_rule "rolling")
-    slot: int = 0  # where the next remember bpd goes in the window
+    confirm_seconds: float = 0.0  # of wall_seconds, spent confirming stops on fresh statistics
 
 
 @dataclass
@@ -156,37 +92,6 @@ class _Final:
     bpd: Tensor
     mu: float
     sigma: float
-
-
-def bpd_of(model: Glow, images_q: Tensor, gen: torch.Generator, draws: int = 1, estimator: str = "mean") -> Tensor:
-    """bpd of quantized images [N, C, H, W] over `draws` draws taken from `gen` -> [N] (float64, CPU)."""
-    return estimate(model, images_q, model.config.n_bits, draws, estimator, gen=gen)
-
-
-def remember_bpd(model: Glow, remember_q: Tensor, gen: torch.Generator, n: int, draws: int = 1,
-                 estimator: str = "mean") -> Tensor:
-    """bpd of up to n random remember images under `model` -> [n] (float64)."""
-    idx = torch.randperm(len(remember_q), generator=gen)[:n]
-    return bpd_of(model, remember_q[idx], gen, draws, estimator)
-
-
-def remember_stats(model: Glow, remember_q: Tensor, gen: torch.Generator, n: int, draws: int = 1,
-                   estimator: str = "mean") -> tuple[float, float]:
-    """μ_R, σ_R: mean and std of bpd over up to n remember images under `model`."""
-    values = remember_bpd(model, remember_q, gen, n, draws, estimator)
-    return values.mean().item(), values.std().item()
-
-
-def distances(bpd_forget: Tensor, mu: float, sigma: float, config: TameConfig) -> Tensor:
-    """d(x) = (bpd_T(x) - t) / σ_R with t = μ_R + δ·σ_R."""
-    return (bpd_forget - (mu + config.delta * sigma)) / sigma
-
-
-def confirmed(d: Tensor, config: TameConfig) -> bool:
-    """Every forget image at or past the threshold (d ≥ -ε; mirrored for δ < 0)."""
-    if config.delta >= 0:
-        return bool((d >= -config.eps).all())
-    return bool((d <= config.eps).all())
 
 
 def tame(
@@ -246,7 +151,7 @@ def tame(
         if on_step is not None:
             on_step(run.info(max_abs_d, share, record))
     return TameResult(tamed, met, run.loop.iteration, _reason(met, capped), final.d, final.bpd, final.mu, final.sigma,
-                      share, run.loop.history, time.perf_counter() - run.start)
+                      share, run.loop.history, time.perf_counter() - run.start, run.confirm_seconds)
 
 
 class _Run:
@@ -264,10 +169,11 @@ class _Run:
                                                  if self.near is not None else 0)
         self.device = next(tamed.parameters()).device
         self.gen = torch.Generator().manual_seed(config.seed)
-        self.loop = _Loop(lr=config.lr, tracked=torch.full((len(forget_q),), float("nan"), dtype=torch.float64))
+        self.loop = Loop(lr=config.lr, tracked=torch.full((len(forget_q),), float("nan"), dtype=torch.float64))
         self.optimizer: torch.optim.Optimizer = torch.optim.Adam(tamed.parameters(), lr=config.lr)
-        self.good = _snapshot(tamed, self.optimizer)
+        self.good = snapshot(tamed, self.optimizer)
         self.start = time.perf_counter()
+        self.confirm_seconds = 0.0
 
     def begin(self) -> None:
         values = remember_bpd(self.tamed, self.remember_q, self.gen, self.config.stats_images)
@@ -277,8 +183,8 @@ class _Run:
             self.loop.window = values.clone()
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.loop = _restore(state, self.tamed, self.optimizer, self.gen)
-        self.good = _snapshot(self.tamed, self.optimizer)
+        self.loop = restore_state(state, self.tamed, self.optimizer, self.gen)
+        self.good = snapshot(self.tamed, self.optimizer)
         self.start = time.perf_counter() - self.loop.elapsed
 
     def refresh(self, it: int) -> None:
@@ -288,7 +194,7 @@ class _Run:
             return
         if c.stats_rule != "rolling":
             self.loop.mu, self.loop.sigma = remember_stats(self.tamed, self.remember_q, self.gen, c.stats_images)
-        self.good = _snapshot(self.tamed, self.optimizer)
+        self.good = snapshot(self.tamed, self.optimizer)
         if c.stop_rule == "tracked" or c.batch_policy == "lowest":
             self._remeasure()
 
@@ -352,7 +258,13 @@ class _Run:
 
     def confirm(self) -> _Final:
         """Fresh μ_R, σ_R and the forget images' bpd over confirm_draws draws, by the certifying estimator."""
-        c = self.config
+        started, c = time.perf_counter(), self.config
+        try:
+            return self._confirm(c)
+        finally:
+            self.confirm_seconds += time.perf_counter() - started
+
+    def _confirm(self, c: TameConfig) -> _Final:
         draws = c.confirm_draws if c.estimator == "discrete" else 1
         mu, sigma = remember_stats(self.tamed, self.remember_q, self.gen, c.certify_images, draws, c.estimator)
         bpd = bpd_of(self.tamed, self.forget_q, self.gen, c.confirm_draws, c.estimator)
@@ -383,7 +295,7 @@ class _Run:
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.tamed.parameters(), float("inf"))
         if not (math.isfinite(loss.item()) and math.isfinite(grad_norm.item())):
-            self.optimizer = _recover(self.tamed, self.good, self.loop, self.config)
+            self.optimizer = recover(self.tamed, self.good, self.loop, self.config)
             return False
         self.optimizer.step()
         self.loop.iteration += 1
@@ -396,7 +308,7 @@ class _Run:
         eta = per_it * (config.max_iterations - loop.iteration)
         losses = {k: record[k] for k in ("loss", "forget_loss", "remember_loss")}
         return StepInfo(loop.iteration, config.max_iterations, max_abs_d, loop.mu, loop.sigma, share, losses,
-                        loop.elapsed, eta, lambda: _state(loop, self.tamed, self.optimizer, self.gen))
+                        loop.elapsed, eta, lambda: save_state(loop, self.tamed, self.optimizer, self.gen))
 
 
 def _check(config: TameConfig) -> None:
@@ -445,59 +357,4 @@ def _scale(config: TameConfig, sigma: float) -> float:
         return abs(config.delta) * sigma
     return 1.0
 
-
-def _snapshot(model: Glow, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    return {"model": copy.deepcopy(model.state_dict()), "optimizer": copy.deepcopy(optimizer.state_dict())}
-
-
-def _recover(model: Glow, good: dict[str, Any], loop: _Loop, config: TameConfig) -> torch.optim.Optimizer:
-    """Roll back to the last good state with half the learning rate, or give up."""
-    loop.nan_events += 1
-    if loop.nan_events > config.max_nan_events:
-        raise TamingError(
-            f"the loss became non-finite {loop.nan_events} times (last at iteration {loop.iteration}); "
-            "the model was left unchanged — try a smaller learning rate"
-        )
-    model.load_state_dict(good["model"])
-    loop.lr /= 2
-    optimizer = torch.optim.Adam(model.parameters(), lr=loop.lr)
-    optimizer.load_state_dict(good["optimizer"])
-    for group in optimizer.param_groups:
-        group["lr"] = loop.lr
-    return optimizer
-
-
-def _state(loop: _Loop, model: Glow, optimizer: torch.optim.Optimizer, gen: torch.Generator) -> dict[str, Any]:
-    """Resumable state; plain tensors and values only, so torch.load(weights_only=True) reads it."""
-    return {
-        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-        "optimizer": copy.deepcopy(optimizer.state_dict()),  # Adam updates its moments in place
-        "rng": gen.get_state(),
-        "iteration": loop.iteration,
-        "lr": loop.lr,
-        "nan_events": loop.nan_events,
-        "elapsed": loop.elapsed,
-        "history": list(loop.history),
-        "mu": loop.mu,
-        "sigma": loop.sigma,
-        "sigma0": loop.sigma0,
-        "tracked": loop.tracked.clone(),
-        "cursor": loop.cursor,
-        "window": loop.window.clone(),
-        "slot": loop.slot,
-    }
-
-
-def _restore(state: dict[str, Any], model: Glow, optimizer: torch.optim.Optimizer, gen: torch.Generator) -> _Loop:
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    for group in optimizer.param_groups:
-        group["lr"] = state["lr"]
-    gen.set_state(state["rng"])
-    loop = _Loop(state["iteration"], state["lr"], state["nan_events"], state["elapsed"], list(state["history"]),
-                 state["mu"], state["sigma"], state.get("sigma0", state["sigma"]))
-    if "tracked" in state:
-        loop.tracked, loop.cursor = state["tracked"].clone(), int(state["cursor"])
-        loop.window, loop.slot = state["window"].clone(), int(state["slot"])
-    return loop
 

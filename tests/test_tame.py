@@ -102,7 +102,8 @@ def test_negative_delta_pulls_images_towards_higher_likelihood(tiny_base: Glow, 
 
 
 def test_every_method_preset_is_a_valid_config() -> None:
-    from taming.tame import METHODS, method_config
+    from rules.method import METHODS
+    from taming.tame import method_config
 
     for name in METHODS:
         config = method_config(name, max_iterations=5)

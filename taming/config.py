@@ -1,0 +1,56 @@
+"""The taming run's configuration: the paper's knobs and ours, and the named methods (rules/method.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rules.method import DEFAULT_METHOD, knobs
+
+
+@dataclass(frozen=True)
+class TameConfig:
+    delta: float = 4.0  # threshold in σ_R; negative pulls images towards higher likelihood
+    epsilon: float | None = None  # stop tolerance on d; None means 0.15·|δ|
+    alpha: float = 0.6  # weight of the forget loss
+    gamma: float = 0.6  # weight of the KL terms inside the remember loss
+    lr: float = 5e-5
+    forget_batch: int = 8
+    remember_batch: int = 8
+    max_iterations: int = 800
+    stats_every: int = 10  # re-estimate μ_R, σ_R every this many iterations
+    stats_images: int = 1024
+    confirm_draws: int = 5
+    forget_loss: str = "paper"  # or "scale_free": sigmoid((Δ / (δ·σ_R))^2)
+    seed: int = 0
+    max_nan_events: int = 3
+    target_share: float | None = None  # rebalancing: stop when the attribute's share reaches this
+    direction: str = "decrease"  # rebalancing: whether the share should fall or rise to the target
+    share_every: int = 10
+    method: str = "paper"  # the name the report gives; method_config() fills the knobs below
+    forget_draws: int = 1  # dequantization draws per forget image in the loss (importance-weighted when > 1)
+    batch_policy: str = "random"  # or "lowest": the forget images farthest below the threshold
+    stop_rule: str = "paper"  # or "tracked"
+    certify: str = "mean"  # or "discrete": confirm on the importance-weighted bpd
+    certify_images: int = 1024  # remember images behind the confirmation's μ_R, σ_R
+    remember_loss: str = "paper"  # or "anchored"
+    near_fraction: float = 0.0  # share of each remember batch drawn from the person's nearest identities
+    even_weight: float = 0.0  # weight of the forget images' within-bin unevenness (mean − discrete bpd, in σ_R)
+    stats_rule: str = "refresh"  # or "rolling": μ_R, σ_R over the last stats_images remember bpd of the steps
+
+    @property
+    def eps(self) -> float:
+        return self.epsilon if self.epsilon is not None else 0.15 * abs(self.delta)
+
+    @property
+    def estimator(self) -> str:
+        """How the confirmation measures bpd: "mean" over draws (the paper) or "discrete"."""
+        return "discrete" if self.certify == "discrete" else "mean"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "epsilon": self.eps}
+
+
+def method_config(method: str = DEFAULT_METHOD, **overrides: Any) -> TameConfig:
+    """The TameConfig of a named method (rules.method.METHODS), with any field overridden."""
+    return TameConfig(**{**knobs(method), "method": method, **overrides})

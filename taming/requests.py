@@ -1,0 +1,47 @@
+"""What one taming run is asked to do: erasure requests, an attribute to rebalance, and each request's place in D_F.
+
+Shared by taming/pipeline.py (which runs them) and taming/run_report.py (which reports on them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from taming.data import FaceSet
+
+
+@dataclass
+class Request:
+    """One erasure request inside a run: its forget images, optional held-out images, report metadata."""
+
+    key: str  # the job id; keys the per-request reports
+    forget: FaceSet
+    holdout: FaceSet | None = None
+    meta: dict[str, Any] = field(default_factory=dict)  # the report's "job" section
+
+
+@dataclass
+class Rebalance:
+    """An attribute to rebalance: images with it (positive) and without (negative)."""
+
+    positive: FaceSet
+    negative: FaceSet
+    target_share: float
+    direction: str = "decrease"  # or "increase"
+
+
+@dataclass
+class Planned:
+    """A request's forget images after screening, and where they sit in the run's D_F."""
+
+    request: Request
+    reasons: list[str | None]
+    rows: slice  # this request's included images within D_F
+
+
+    def included(self) -> FaceSet:
+        """The request's forget images that went into D_F (the screened-out ones left out)."""
+        return self.request.forget.subset(np.array([r is None for r in self.reasons], dtype=bool))
