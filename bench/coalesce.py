@@ -14,18 +14,13 @@ Prints both wall times and their ratio (the goal is under 2.5x; running them one
 from __future__ import annotations
 
 import argparse
-import hashlib
-import io
-import tempfile
+import sys
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-ROOT = Path(__file__).resolve().parents[1]
-FACES = ROOT / "data" / "att_faces.npz"
-MODEL = ROOT / "models" / "att32"
+from service_stack import embedded_stack, submit
 
 
 def main() -> None:
@@ -37,60 +32,18 @@ def main() -> None:
     args = parser.parse_args()
 
     from app.db import session_scope
-    from app.migrate import upgrade
-    from app.models import Job, Model, ModelVersion, new_id
-    from app.settings import Settings
-    from app.storage import get_storage
-    from taming.checkpoint import file_sha256
-    from taming.data import load_faces
-    from taming.pipeline import features_for
+    from app.models import Job
     from worker.runner import handle_doorbell
 
-    work = Path(tempfile.mkdtemp(prefix="bench-coalesce-"))
-    settings = Settings(var_dir=work / "var", device="cpu")
-    upgrade(settings)
-    storage = get_storage(settings)
-    data = np.load(FACES)
-    images, identity, index = data["images"], data["identity"], data["image_index"]
-
-    base = MODEL / "base.safetensors"
-    sha = file_sha256(base)
-    # train the feature network once up front, as a service does on its first job for a model
-    features_for(load_faces(MODEL / "remember.npz", 32, 1), settings.var_dir / "cache")
-    model_id = new_id()
-    storage.put_bytes(f"checkpoints/{model_id}/v1.safetensors", base.read_bytes())
-    storage.put_bytes(f"remember/{model_id}/remember.npz", (MODEL / "remember.npz").read_bytes())
-    with session_scope(settings) as s:
-        s.add(Model(id=model_id, name="bench", current_version=1, remember_prefix=f"remember/{model_id}/",
-                    image_size=32, channels=1, n_bits=5, created_by="bench"))
-        s.flush()
-        key = f"checkpoints/{model_id}/v1.safetensors"
-        s.add(ModelVersion(model_id=model_id, version=1, parent=None, checkpoint_key=key,
-                           sha256=sha, promoted=True))
-
+    stack = embedded_stack()
     params = {"max_iterations": args.max_iterations, **({"method": args.method} if args.method else {})}
 
-    def submit(person: int) -> str:
-        job_id = new_id()
-        uploads = []
-        for i, image in enumerate(images[(identity == person) & (index <= args.photos)]):
-            buf = io.BytesIO()
-            Image.fromarray(image).save(buf, format="PNG")
-            key = f"uploads/{job_id}/forget/{i:04d}.png"
-            storage.put_bytes(key, buf.getvalue())
-            uploads.append({"field": "forget", "key": key, "sha256": hashlib.sha256(buf.getvalue()).hexdigest(),
-                            "name": f"{i}.png", "excluded_reason": None})
-        with session_scope(settings) as s:
-            s.add(Job(id=job_id, kind="forget_identity", model_id=model_id, subject_ref=f"p{person}",
-                      parameters=params, submitted_by="bench", uploads=uploads, progress={}))
-        return job_id
-
     def run(people: list[int]) -> tuple[float, list[Job]]:
-        ids = [submit(p) for p in people]
+        ids = [submit(stack, p, range(1, args.photos + 1), params) for p in people]
         t = time.perf_counter()
-        handle_doorbell(ids[0], settings)
+        handle_doorbell(ids[0], stack.settings)
         wall = time.perf_counter() - t
-        with session_scope(settings) as s:
+        with session_scope(stack.settings) as s:
             return wall, [s.get(Job, i) for i in ids]
 
     alone, (single,) = run([1])
