@@ -3,36 +3,49 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.gdpr import due_date
 from app.models import TERMINAL_STATES, Job, Model, ModelVersion
+from rules.method import DEFAULT_METHOD, knobs
+
+# The names of rules/method.py METHODS (a test checks they agree).
+MethodName = Literal["paper", "discrete", "converge", "specific", "improved"]
 
 
 class JobParameters(BaseModel):
-    """The `parameters` JSON of `POST /v1/jobs`; omitted fields take the paper's defaults."""
+    """The `parameters` JSON of `POST /v1/jobs`; an omitted field takes its method's value (rules/method.py), and
+    the job row keeps every value the run will use."""
 
     model_config = ConfigDict(extra="forbid")
 
-    delta: float = Field(default=4.0, description="Threshold δ in σ_R units above μ_R (negative: raise likelihood).")
+    method: MethodName = Field(default=cast(MethodName, DEFAULT_METHOD),
+                               description="The taming method (README, 'The method, measured'); 'paper' is the "
+                               "paper's Algorithm 1.")
+    delta: float | None = Field(default=None, description="Threshold δ in σ_R units above μ_R (negative: raise "
+                                "likelihood); default 4.")
     epsilon: float | None = Field(default=None, gt=0, description="Tolerance ε on |d|; default 0.15·|δ|.")
-    alpha: float = Field(default=0.6, ge=0, le=1, description="Weight of the forget loss.")
-    gamma: float = Field(default=0.6, ge=0, le=1, description="Weight of the KL term in the remember loss.")
-    max_iterations: int = Field(default=800, ge=1, le=100_000)
+    alpha: float | None = Field(default=None, ge=0, le=1, description="Weight of the forget loss.")
+    gamma: float | None = Field(default=None, ge=0, le=1, description="Weight of the KL term in the remember loss.")
+    max_iterations: int | None = Field(default=None, ge=1, le=100_000)
     target_share: float | None = Field(default=None, ge=0, le=1, description="Rebalance: the attribute's target share.")
     direction: Literal["decrease", "increase"] = "decrease"
-    lr: float = Field(default=5e-5, gt=0, le=1)
+    lr: float | None = Field(default=None, gt=0, le=1)
     seed: int = 0
-    forget_loss: Literal["paper", "scale_free"] = "paper"
+    forget_loss: Literal["paper", "scale_free"] | None = None
 
     @model_validator(mode="after")
     def _defaults(self) -> JobParameters:
+        method = knobs(self.method)
+        for name in ("delta", "alpha", "gamma", "max_iterations", "lr", "forget_loss"):
+            if getattr(self, name) is None:
+                setattr(self, name, method[name])
         if self.delta == 0:
             raise ValueError("delta must not be 0")
         if self.epsilon is None:
-            self.epsilon = round(0.15 * abs(self.delta), 10)
+            self.epsilon = round(0.15 * abs(float(self.delta or 0)), 10)
         return self
 
 

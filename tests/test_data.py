@@ -57,3 +57,4 @@ def test_screen_names_images_without_identity() -> None:
     flat = torch.full((1, 1, 16, 16), 128, dtype=torch.uint8)
     reasons = screen(torch.cat([face, black, flat]))
     assert reasons[0] is None and "black" in str(reasons[1]) and "uniform" in str(reasons[2])
+

@@ -50,10 +50,18 @@ def test_lease_is_exclusive_until_it_expires(stack: tuple[Any, str]) -> None:
 
 def test_requests_beyond_one_forget_batch_wait_for_the_next_run(stack: tuple[Any, str]) -> None:
     settings, model_id = stack
-    ids = [h.submit(settings, model_id, person, PARAMS, n_images=4, enqueue=False) for person in (30, 31, 32)]
+    paper = {**PARAMS, "method": "paper"}  # random batches of 8: a run carries at most 8 forget images
+    ids = [h.submit(settings, model_id, person, paper, n_images=4, enqueue=False) for person in (30, 31, 32)]
     assert handle_doorbell(ids[0], settings) == "ran 2 run(s)"
     assert [sorted(r["keys"]) for r in fake_pipeline.RUNS] == [sorted(ids[:2]), [ids[2]]]
     assert [(v.version, v.parent) for v in h.versions(settings, model_id)] == [(1, None), (2, 1), (3, 2)]
+
+
+def test_the_default_method_carries_eight_requests_of_seven_photos_in_one_run(stack: tuple[Any, str]) -> None:
+    settings, model_id = stack
+    ids = [h.submit(settings, model_id, person, PARAMS, n_images=7, enqueue=False) for person in range(12)]
+    assert handle_doorbell(ids[0], settings) == "ran 2 run(s)"
+    assert [len(r["keys"]) for r in fake_pipeline.RUNS] == [11, 1]  # 77 photos fit the 80 of rules/method.py
 
 
 def test_waiting_jobs_run_together_and_redelivery_is_a_noop(stack: tuple[Any, str]) -> None:
