@@ -17,11 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from taming.data import dequantize
+from taming.device import model_device, to_device
 from taming.glow import INFERENCE_BATCH
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 def bpd_draws(
@@ -34,17 +31,17 @@ def bpd_draws(
     two models measured with the same seed see exactly the same dequantized images (paired comparisons). With
     `gen`, the noise is taken from it (a run's own stream, so that resuming a run reproduces it).
     """
-    out = torch.zeros(draws, images_q.shape[0], dtype=torch.float64)
     if images_q.shape[0] == 0:
-        return out
-    device = _device(model)
+        return torch.zeros(draws, 0, dtype=torch.float64)
+    device = model_device(model)
+    rows = []
     with torch.inference_mode():
         for draw in range(draws):
             noise = gen if gen is not None else torch.Generator().manual_seed(seed * 1_000_003 + draw)
             for start in range(0, images_q.shape[0], batch_size):
-                x = dequantize(images_q[start : start + batch_size], n_bits, noise).to(device)
-                out[draw, start : start + batch_size] = model.bpd(x).double().cpu()  # type: ignore[operator]
-    return out
+                x = to_device(dequantize(images_q[start : start + batch_size], n_bits, noise), device)
+                rows.append(model.bpd(x))  # type: ignore[operator]
+    return torch.cat(rows).double().cpu().view(draws, images_q.shape[0])  # one read from the device, not one a batch
 
 
 def mean_bpd(
