@@ -33,6 +33,7 @@ from taming.features import (
 from taming.glow import Glow
 from taming.likelihood import mean_bpd
 from taming.measure import SampleProbe, certificate, generation, negatives_for, probe_samples, strip_latents
+from taming.precision import Precision
 from taming.report import build_report, make_figures, render_html
 from taming.tame import StepInfo, TameConfig, TameResult, tame
 
@@ -90,12 +91,14 @@ def run_requests(
     remember_holdout: FaceSet | None = None,
     unseen: FaceSet | None = None,
     cache_dir: Path | None = None,
+    precision: Precision | None = None,
 ) -> PipelineResult:
     """Tame the base checkpoint for `requests`, write the tamed checkpoint and one report per request.
 
     remember: the model's reference remember set; images of anyone being forgotten are left out of it.
     remember_holdout / unseen: optional held-out images of remembered people / of people never trained on
     (for the report; the forgotten people are left out of them the same way).
+    precision: how the run computes (taming.precision); None: strict fp32.
     Raises DataError when no forget image carries an identity.
     """
     started = time.perf_counter()
@@ -117,7 +120,11 @@ def run_requests(
     share_fn, classifier = _share_fn(rebalance, base.config.in_channel) if rebalance else (None, None)
     near = _near_images(space, planned, remember) if rebalance is None and config.near_fraction > 0 else None
     n_bits = base.config.n_bits
-    result = tame(copy.deepcopy(base), base, quantize(forget_u8, n_bits), quantize(remember.images, n_bits),
+    precision = precision or Precision()
+    precision.configure()
+    tamed = precision.prepare(copy.deepcopy(base))  # after the copy: a copy of a compiled module is not compiled
+    precision.prepare(base)
+    result = tame(tamed, base, quantize(forget_u8, n_bits), quantize(remember.images, n_bits),
                   config, on_step=on_step, resume=resume_state, share_fn=share_fn, near=near)
     parent_sha = file_sha256(base_checkpoint)
     sha = save_checkpoint(result.model, out_checkpoint, data_hash=meta.get("data_hash", ""), parent=parent_sha)
@@ -126,7 +133,8 @@ def run_requests(
         probe = probe_samples(base, result.model, space, f"{parent_sha[:16]}-{space_key[:16]}", cache_dir)
     common = _Common(base, result, config, remember, remember_holdout, unseen, space, sha,
                      {"parent_sha256": parent_sha, **(model_meta or {})},
-                     device, started, sample_frechet(base, result.model, space, remember.images), probe)
+                     device, started, sample_frechet(base, result.model, space, remember.images), probe,
+                     precision.describe())
     reports, html = {}, {}
     measured: dict[str, tuple[Tensor, Tensor]] = {}
     for plan in planned:
@@ -227,6 +235,7 @@ class _Common:
     started: float
     frechet: dict[str, Any] = field(default_factory=dict)  # the same two models for every request
     probe: SampleProbe | None = None  # both models' sample embeddings, for the generation evidence
+    precision: str = "fp32"  # taming.precision.Precision.describe()
 
 
 def _report(plan: _Planned, c: _Common, measured: dict[str, tuple[Tensor, Tensor]], rebalance: Rebalance | None,
@@ -325,7 +334,8 @@ def _timing(c: _Common) -> dict[str, Any]:
     tame_s = c.result.wall_seconds
     return {"wall_seconds": wall, "tame_seconds": tame_s,
             "iterations_per_second": c.result.iterations / tame_s if tame_s > 0 else None,
-            "device": c.device if c.device != "cpu" else f"cpu ({platform.processor() or platform.machine()})"}
+            "device": c.device if c.device != "cpu" else f"cpu ({platform.processor() or platform.machine()})",
+            "precision": c.precision}
 
 
 def _figures(c: _Common, evaluation: dict[str, Any], gen: dict[str, Any] | None) -> dict[str, bytes]:

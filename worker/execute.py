@@ -28,6 +28,7 @@ from app.sweeper import Timings, utcnow
 from taming import pipeline
 from taming.checkpoint import CheckpointError, file_sha256
 from taming.data import DataError, FaceSet, load_faces
+from taming.precision import Precision
 from taming.tame import TamingError
 from worker import finish, lease
 from worker.finish import LeaseLost, RunCancelled, RunTimeLimit
@@ -41,6 +42,11 @@ def pick_device(setting: str) -> str:
     if setting == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return setting
+
+
+def run_precision(settings: Any) -> Precision:
+    """The precision policy and speed switches of the worker's runs (TAMING_PRECISION, _CHANNELS_LAST, _COMPILE)."""
+    return Precision(settings.precision, channels_last=settings.channels_last, compile=settings.compile)
 
 
 def tame_config(parameters: dict[str, Any]) -> Any:
@@ -280,13 +286,16 @@ def execute(batch: Batch, settings: Any, t: Timings, owner: str) -> None:
             "new_version": batch.base_version + 1,
         }
         monitor = RunMonitor(batch, settings, t, owner, storage, resumed_from)
+        device, precision = pick_device(settings.device), run_precision(settings)
+        log.info("run %s on %s (%s)", batch.run_id, device, precision.describe())
         try:
             with monitor:
                 result = pipeline.run_requests(
                     ckpt, remember, requests, config, out,
                     rebalance=rebalance, on_step=monitor.on_step, resume_state=resume_state,
-                    device=pick_device(settings.device), model_meta=model_meta,
+                    device=device, model_meta=model_meta,
                     cache_dir=Path(settings.var_dir) / "cache",  # the feature space, once per model
+                    precision=precision,
                 )
         except LeaseLost:
             raise
