@@ -60,6 +60,7 @@ def test_cuda_matches_the_cpu(trained: Glow) -> None:
 def test_a_glow_pass_never_waits_for_the_device(trained: Glow) -> None:
     gpu = copy.deepcopy(trained).cuda()
     x = _x().cuda()
+    gpu.bpd(x).mean().backward()  # once before: library handles and kernels load on first use
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
