@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -35,6 +35,15 @@ class Settings(BaseSettings):
         default="filesystem://", description="Celery broker: `filesystem://` (under `<var_dir>/broker`) or `redis://…`."
     )
     device: str = Field(default="auto", description="Worker device: `auto` (CUDA if there, else CPU), `cpu`, `cuda:0`.")
+    precision: Literal["fp32", "tf32", "bf16"] = Field(
+        default="tf32", description="How the worker computes: `fp32` (strict), `tf32` (convolutions on TF32 tensor "
+        "cores, CUDA only), `bf16` (as tf32, and the coupling networks in bf16 in gradient passes). Every measured "
+        "and reported bpd stays fp32 (README, GPU)."
+    )
+    channels_last: bool = Field(default=False, description="Worker models in channels-last memory layout (measured "
+                                "option).")
+    compile: bool = Field(default=False, description="Worker models through `torch.compile` (measured option; the "
+                          "first passes of each model pay for compilation).")
     host: str = Field(default="127.0.0.1", description="Address `taming serve` listens on.")
     port: int = Field(default=8000, description="Port `taming serve` listens on.")
     api_url: str = Field(default="http://127.0.0.1:8000", description="Base URL the `taming submit` client talks to.")

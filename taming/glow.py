@@ -9,6 +9,7 @@ are always accumulated in fp32.
 from __future__ import annotations
 
 import math
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -45,8 +46,21 @@ class GlowConfig:
         return self.in_channel * self.img_size * self.img_size
 
 
+def _exact(x: Tensor) -> AbstractContextManager[object]:
+    """fp32 for what follows even inside an autocast region: the 1x1 convolutions' weights and the priors, whose
+    rounding would change the density while its log-determinant and log-probability assume the exact values."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.autocast(x.device.type, enabled=False)
+    return nullcontext()
+
+
 class ActNorm(nn.Module):
-    """Per-channel affine map, initialised from the first batch it sees (unless loaded)."""
+    """Per-channel affine map, initialised from the first batch it sees (unless loaded).
+
+    `initialized` is the checkpoint's 0-dim uint8 buffer (rosinality's format, DESIGN.md section 5); `ready`
+    mirrors it on the host, set when the buffer is loaded or the map initialised, so that a forward pass never
+    reads the device (on a GPU each read would wait for all queued work, 24 times per pass of the shipped model).
+    """
 
     initialized: Tensor
 
@@ -55,6 +69,13 @@ class ActNorm(nn.Module):
         self.loc = nn.Parameter(torch.zeros(1, in_channel, 1, 1))
         self.scale = nn.Parameter(torch.ones(1, in_channel, 1, 1))
         self.register_buffer("initialized", torch.tensor(0, dtype=torch.uint8))
+        self.ready = False
+        self.register_load_state_dict_post_hook(ActNorm._after_load)
+
+    @staticmethod
+    def _after_load(module: nn.Module, incompatible: object) -> None:
+        assert isinstance(module, ActNorm)
+        module.ready = bool(module.initialized.item())  # once per load
 
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
@@ -62,10 +83,11 @@ class ActNorm(nn.Module):
         self.loc.copy_(-flat.mean(1).view(1, -1, 1, 1))
         self.scale.copy_(1 / (flat.std(1).view(1, -1, 1, 1) + 1e-6))
         self.initialized.fill_(1)
+        self.ready = True
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         # x: [B, C, H, W] -> (y [B, C, H, W], logdet [B])
-        if self.initialized.item() == 0:
+        if not self.ready:
             self.initialize(x)
         logdet = x.shape[2] * x.shape[3] * torch.log(torch.abs(self.scale)).sum()
         return self.scale * (x + self.loc), logdet.expand(x.shape[0])
@@ -83,8 +105,10 @@ class InvConv2d(nn.Module):
         self.weight = nn.Parameter(q.unsqueeze(2).unsqueeze(3))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        logdet = x.shape[2] * x.shape[3] * torch.linalg.slogdet(self.weight.squeeze().double())[1].to(x.dtype)
-        return F.conv2d(x, self.weight), logdet.expand(x.shape[0])
+        with _exact(x):
+            logdet = x.shape[2] * x.shape[3] * torch.linalg.slogdet(self.weight.squeeze().double())[1]
+            logdet = logdet.to(_accumulation_dtype(x))
+            return F.conv2d(x, self.weight), logdet.expand(x.shape[0])
 
     def reverse(self, y: Tensor) -> Tensor:
         inverse = torch.linalg.inv(self.weight.squeeze().double()).to(y.dtype)
@@ -122,7 +146,8 @@ class InvConv2dLU(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         logdet = x.shape[2] * x.shape[3] * self.w_s.sum()
-        return F.conv2d(x, self.calc_weight()), logdet.expand(x.shape[0])
+        with _exact(x):  # the weight built and applied in fp32: its log-determinant is exactly w_s.sum()
+            return F.conv2d(x, self.calc_weight()), logdet.expand(x.shape[0])
 
     def reverse(self, y: Tensor) -> Tensor:
         inverse = torch.linalg.inv(self.calc_weight().squeeze().double()).to(y.dtype)
@@ -145,7 +170,15 @@ class ZeroConv2d(nn.Module):
 
 
 class AffineCoupling(nn.Module):
-    """Coupling layer: additive (out_b = in_b + t) or affine (out_b = (in_b + t) * sigmoid(log_s + 2))."""
+    """Coupling layer: additive (out_b = in_b + t) or affine (out_b = (in_b + t) * sigmoid(log_s + 2)).
+
+    In passes that compute gradients the network may run in `compute_dtype` (taming.precision sets it; None: the
+    input's dtype). Its output, cast back to at least fp32, is a function of the untouched half, so the layer stays
+    exactly invertible and its log-determinant (the log of the very s it multiplies by) exact whatever the network
+    computes in. Passes without gradient (every measurement: statistics, stop checks, evaluation) stay in fp32.
+    """
+
+    compute_dtype: torch.dtype | None = None
 
     def __init__(self, in_channel: int, hidden: int = 512, affine: bool = False):
         super().__init__()
@@ -162,11 +195,18 @@ class AffineCoupling(nn.Module):
             nn.init.normal_(conv.weight, 0, 0.05)
             nn.init.zeros_(conv.bias)  # type: ignore[arg-type]
 
+    def _net(self, x_a: Tensor) -> Tensor:
+        acc = _accumulation_dtype(x_a)  # never below fp32, whatever the network computed in
+        if self.compute_dtype is None or not torch.is_grad_enabled():
+            return self.net(x_a).to(acc)
+        with torch.autocast(x_a.device.type, dtype=self.compute_dtype):
+            return self.net(x_a).to(acc)
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         in_a, in_b = x.chunk(2, 1)
         if not self.affine:
-            return torch.cat([in_a, in_b + self.net(in_a)], 1), x.new_zeros(x.shape[0])
-        log_s, t = self.net(in_a).chunk(2, 1)
+            return torch.cat([in_a, in_b + self._net(in_a)], 1), x.new_zeros(x.shape[0])
+        log_s, t = self._net(in_a).chunk(2, 1)
         s = torch.sigmoid(log_s + 2)
         logdet = torch.log(s).flatten(1).sum(1)
         return torch.cat([in_a, (in_b + t) * s], 1), logdet
@@ -174,8 +214,8 @@ class AffineCoupling(nn.Module):
     def reverse(self, y: Tensor) -> Tensor:
         out_a, out_b = y.chunk(2, 1)
         if not self.affine:
-            return torch.cat([out_a, out_b - self.net(out_a)], 1)
-        log_s, t = self.net(out_a).chunk(2, 1)
+            return torch.cat([out_a, out_b - self._net(out_a)], 1)
+        log_s, t = self._net(out_a).chunk(2, 1)
         return torch.cat([out_a, out_b / torch.sigmoid(log_s + 2) - t], 1)
 
 
@@ -209,15 +249,15 @@ def gaussian_log_p(x: Tensor, mean: Tensor, log_sd: Tensor) -> Tensor:
 
 
 def squeeze2x2(x: Tensor) -> Tensor:
-    # [B, C, H, W] -> [B, 4C, H/2, W/2], rosinality's channel order
+    # [B, C, H, W] -> [B, 4C, H/2, W/2], rosinality's channel order (reshape, not view: channels-last inputs)
     b, c, h, w = x.shape
-    x = x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4)
+    x = x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4)
     return x.reshape(b, c * 4, h // 2, w // 2)
 
 
 def unsqueeze2x2(x: Tensor) -> Tensor:
     b, c, h, w = x.shape
-    x = x.view(b, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)
+    x = x.reshape(b, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)
     return x.reshape(b, c // 4, h * 2, w * 2)
 
 
@@ -238,12 +278,13 @@ class Block(nn.Module):
         for flow in self.flows:
             out, det = flow(out)
             logdet = logdet + det
-        if self.split:
-            out, z = out.chunk(2, 1)
-            mean, log_sd = self.prior(out).chunk(2, 1)
-        else:
-            z = out
-            mean, log_sd = self.prior(torch.zeros_like(out)).chunk(2, 1)
+        with _exact(out):
+            if self.split:
+                out, z = out.chunk(2, 1)
+                mean, log_sd = self.prior(out).chunk(2, 1)
+            else:
+                z = out
+                mean, log_sd = self.prior(torch.zeros_like(out)).chunk(2, 1)
         acc = _accumulation_dtype(z)
         log_p = gaussian_log_p(z.to(acc), mean.to(acc), log_sd.to(acc)).flatten(1).sum(1)
         return out, logdet, log_p, z

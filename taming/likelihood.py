@@ -18,11 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from taming.data import dequantize
+from taming.device import model_device, to_device
 from taming.glow import INFERENCE_BATCH
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 def image_keys(images: Tensor) -> Tensor:
@@ -51,10 +48,10 @@ def bpd_draws(
     `gen`, taken from it (a run's own stream, so that resuming a run reproduces it); otherwise from a CPU
     generator seeded by (seed, draw), walked batch by batch.
     """
-    out = torch.zeros(draws, images_q.shape[0], dtype=torch.float64)
     if images_q.shape[0] == 0:
-        return out
-    device = _device(model)
+        return torch.zeros(draws, 0, dtype=torch.float64)
+    device = model_device(model)
+    rows = []
     with torch.inference_mode():
         for draw in range(draws):
             noise = gen if gen is not None else torch.Generator().manual_seed(seed * 1_000_003 + draw)
@@ -65,8 +62,8 @@ def bpd_draws(
                 else:
                     noise_u = _keyed_noise(keys[start : start + batch_size], tuple(chunk.shape[1:]), seed, draw)
                     x = chunk + noise_u / 2**n_bits
-                out[draw, start : start + batch_size] = model.bpd(x.to(device)).double().cpu()  # type: ignore[operator]
-    return out
+                rows.append(model.bpd(to_device(x, device)))  # type: ignore[operator]
+    return torch.cat(rows).double().cpu().view(draws, images_q.shape[0])  # one read from the device, not one a batch
 
 
 def mean_bpd(

@@ -31,6 +31,7 @@ from taming.features import (
 )
 from taming.glow import Glow
 from taming.measure import probe_samples
+from taming.precision import Precision
 from taming.report import render_html
 from taming.requests import Planned, Rebalance, Request
 from taming.run_report import RunContext, Stages, report_for
@@ -65,6 +66,7 @@ def run_requests(
     unseen: FaceSet | None = None,
     cache_dir: Path | None = None,
     on_phase: Callable[[str], None] | None = None,
+    precision: Precision | None = None,
 ) -> PipelineResult:
     """Tame the base checkpoint for `requests`, write the tamed checkpoint and one report per request.
 
@@ -73,6 +75,7 @@ def run_requests(
     (for the report; the forgotten people are left out of them the same way).
     on_phase(name) hears each phase as it starts: loading, features, taming, confirming (and back to taming
     when a stop is not confirmed), evaluating, reporting.
+    precision: how the run computes (taming.precision); None: strict fp32.
     Raises DataError when no forget image carries an identity.
     """
     started, stages = time.perf_counter(), Stages()
@@ -94,9 +97,13 @@ def run_requests(
     share_fn, classifier = _share_fn(rebalance, base.config.in_channel) if rebalance else (None, None)
     near = _near_images(space, planned, remember) if rebalance is None and config.near_fraction > 0 else None
     n_bits = base.config.n_bits
+    precision = precision or Precision()
+    precision.configure()
+    tamed = precision.prepare(copy.deepcopy(base))  # after the copy: a copy of a compiled module is not compiled
+    precision.prepare(base)
     phase("taming")
     with stages("taming"):
-        result = tame(copy.deepcopy(base), base, quantize(forget_u8, n_bits), quantize(remember.images, n_bits),
+        result = tame(tamed, base, quantize(forget_u8, n_bits), quantize(remember.images, n_bits),
                       config, on_step=on_step, resume=resume_state, share_fn=share_fn, near=near, on_phase=phase)
     phase("evaluating")
     parent_sha = file_sha256(base_checkpoint)
@@ -109,7 +116,7 @@ def run_requests(
     cache = BaseCache(cache_dir / f"base-bpd-{parent_sha[:16]}.npz" if cache_dir else None)
     context = RunContext(base, result, config, remember, remember_holdout, unseen, space, sha,
                          {"parent_sha256": parent_sha, **(model_meta or {})}, device, started, stages, frechet,
-                         probe, cache)
+                         probe, cache, precision.describe())
     reports, figures = {}, {}
     measured: dict[str, tuple[Tensor, Tensor]] = {}
     for plan in planned:

@@ -59,6 +59,7 @@ class RunContext:
     frechet: dict[str, Any] = field(default_factory=dict)  # the same two models for every request
     probe: SampleProbe | None = None  # both models' sample embeddings, for the generation evidence
     base_cache: BaseCache | None = None  # the base model's figures of images measured for this version before
+    precision: str = "fp32"  # taming.precision.Precision.describe()
 
 
 def report_for(plan: Planned, c: RunContext, measured: dict[str, tuple[Tensor, Tensor]], rebalance: Rebalance | None,
@@ -180,7 +181,8 @@ def _timing(c: RunContext) -> dict[str, Any]:
     return {"wall_seconds": wall, "tame_seconds": tame_s, "confirm_seconds": c.result.confirm_seconds,
             "stages": dict(c.stages.seconds),
             "iterations_per_second": c.result.iterations / tame_s if tame_s > 0 else None,
-            "device": c.device if c.device != "cpu" else f"cpu ({platform.processor() or platform.machine()})"}
+            "device": c.device if c.device != "cpu" else f"cpu ({platform.processor() or platform.machine()})",
+            "precision": c.precision}
 
 
 def _figures(c: RunContext, evaluation: dict[str, Any], gen: dict[str, Any] | None) -> dict[str, bytes]:

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from taming.config import TameConfig, method_config
 from taming.data import dequantize
+from taming.device import to_device
 from taming.glow import Glow
 from taming.likelihood import importance_weighted_bpd
 from taming.loop_state import Loop, TamingError, recover, restore_state, save_state, snapshot
@@ -142,9 +143,10 @@ def tame(
             if on_phase is not None:
                 on_phase("taming")
         losses = run.losses(fwd)
-        if not run.step(losses["loss"]):
+        values = run.step(losses)
+        if values is None:
             continue
-        record = {"iteration": float(run.loop.iteration), **{k: v.item() for k, v in losses.items()},
+        record = {"iteration": float(run.loop.iteration), **values,
                   "max_abs_d": max_abs_d, "mu_r": run.loop.mu, "sigma_r": run.loop.sigma, "lr": run.loop.lr,
                   **({"share": share} if share is not None else {})}
         run.loop.history.append(record)
@@ -227,7 +229,7 @@ class _Run:
         """One forward pass of the tamed model for both batches."""
         draws, n_bits = self.config.forget_draws, self.tamed.config.n_bits
         images = torch.cat([self.forget_q[forget_idx].repeat(draws, 1, 1, 1), self.remember_q[remember_idx]])
-        x = dequantize(images, n_bits, self.gen).to(self.device)
+        x = to_device(dequantize(images, n_bits, self.gen), self.device)
         bpd = self.tamed.bpd(x)
         n_f = draws * len(forget_idx)
         per_draw = bpd[:n_f].view(draws, len(forget_idx))
@@ -289,18 +291,22 @@ class _Run:
             l_r = remember_loss(fwd.remember, bpd_b, c.gamma)
         return {"loss": total_loss(l_f, l_r, c.alpha), "forget_loss": l_f, "remember_loss": l_r}
 
-    def step(self, loss: Tensor) -> bool:
-        """Adam step; on a non-finite loss or gradient roll back instead and return False."""
+    def step(self, losses: dict[str, Tensor]) -> dict[str, float] | None:
+        """Adam step -> the losses' values; on a non-finite loss or gradient roll back instead and return None.
+
+        The losses and the gradient norm come back from the device in one read (on a GPU each `.item()` waits
+        for the device on its own), before the step: a non-finite one never reaches the weights."""
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        losses["loss"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.tamed.parameters(), float("inf"))
-        if not (math.isfinite(loss.item()) and math.isfinite(grad_norm.item())):
+        read = torch.stack([*(v.detach() for v in losses.values()), grad_norm]).tolist()
+        if not all(math.isfinite(v) for v in read):
             self.optimizer = recover(self.tamed, self.good, self.loop, self.config)
-            return False
+            return None
         self.optimizer.step()
         self.loop.iteration += 1
         self.loop.elapsed = time.perf_counter() - self.start
-        return True
+        return dict(zip(losses, read, strict=False))
 
     def info(self, max_abs_d: float, share: float | None, record: dict[str, float]) -> StepInfo:
         loop, config = self.loop, self.config

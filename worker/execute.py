@@ -26,6 +26,7 @@ from app.sweeper import Timings
 from taming import pipeline
 from taming.checkpoint import CheckpointError, file_sha256
 from taming.data import DataError, FaceSet, load_faces
+from taming.precision import Precision
 from taming.tame import TamingError
 from worker import finish
 from worker.finish import LeaseLost, RunCancelled, RunTimeLimit
@@ -41,6 +42,11 @@ def pick_device(setting: str) -> str:
     if setting == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return setting
+
+
+def run_precision(settings: Any) -> Precision:
+    """The precision policy and speed switches of the worker's runs (TAMING_PRECISION, _CHANNELS_LAST, _COMPILE)."""
+    return Precision(settings.precision, channels_last=settings.channels_last, compile=settings.compile)
 
 
 def tame_config(parameters: dict[str, Any]) -> Any:
@@ -228,14 +234,17 @@ def _run(batch: Batch, settings: Any, t: Timings, owner: str, inputs: _Inputs, r
     model_meta = {"id": model.id, "parent_version": base.version, "parent_sha256": base.sha256,
                   "new_version": batch.base_version + 1}
     assert inputs.checkpoint is not None and inputs.remember is not None
+    device, precision = pick_device(settings.device), run_precision(settings)
+    log.info("run %s on %s (%s)", batch.run_id, device, precision.describe())
     try:
         with monitor:
             result = pipeline.run_requests(
                 inputs.checkpoint, inputs.remember, requests, inputs.config, out,
                 rebalance=rebalance, on_step=monitor.on_step, on_phase=monitor.on_phase,
-                resume_state=inputs.resume_state, device=pick_device(settings.device), model_meta=model_meta,
+                resume_state=inputs.resume_state, device=device, model_meta=model_meta,
                 remember_holdout=inputs.remember_holdout,
                 cache_dir=Path(settings.var_dir) / "cache",  # the feature space, once per model
+                precision=precision,
             )
     except LeaseLost:
         raise

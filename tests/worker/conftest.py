@@ -135,12 +135,16 @@ class Workers:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.log_dir = log_dir
 
-    def start(self, settings: Any, step_seconds: float | None = None) -> subprocess.Popen[bytes]:
-        """A `python -m worker`; with step_seconds, one whose real pipeline sleeps after each iteration."""
+    def start(self, settings: Any, step_seconds: float | None = None, fake: bool = False) -> subprocess.Popen[bytes]:
+        """A `python -m worker`; with step_seconds, one whose real pipeline sleeps after each iteration; with
+        fake, one whose pipeline is tests/worker/fake_pipeline.py (step_seconds per iteration)."""
         from app.settings import child_environment
 
         env = child_environment(settings, PYTHONPATH=str(ROOT))
-        if step_seconds is None:
+        if fake:
+            cmd = [sys.executable, str(ROOT / "tests" / "ui" / "fake_worker.py"), str(step_seconds or 0.0),
+                   "--loglevel", "INFO"]
+        elif step_seconds is None:
             cmd = [sys.executable, "-m", "worker", "--loglevel", "INFO"]
         else:
             cmd = [sys.executable, str(ROOT / "tests" / "worker" / "paced_worker.py"), str(step_seconds),
