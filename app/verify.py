@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import UploadFile
 from sqlalchemy.orm import Session
 
-from app import registry, uploads
+from app import registry, revisions, uploads
 from app.errors import ApiError
 from app.settings import Settings
 from app.storage import Storage
@@ -35,7 +35,7 @@ def verify(session: Session, storage: Storage, settings: Settings, model_id: str
         work = Path(tmp)
         checkpoint = work / "model.safetensors"
         storage.download(row.checkpoint_key, checkpoint)
-        remember = _download_remember(storage, model.remember_prefix, work / "remember")
+        remember = _download_remember(storage, revisions.live_keys(session, storage, model), work / "remember")
         (work / "images").mkdir()
         for item in incoming:
             item.upload.file.seek(0)
@@ -46,9 +46,8 @@ def verify(session: Session, storage: Storage, settings: Settings, model_id: str
     return {"model_id": model.id, "version": row.version, "sha256": row.sha256, **result}
 
 
-def _download_remember(storage: Storage, prefix: str, folder: Path) -> Path:
+def _download_remember(storage: Storage, keys: list[str], folder: Path) -> Path:
     folder.mkdir()
-    keys = storage.list(prefix)
     for key in keys:
         storage.download(key, folder / key.rsplit("/", 1)[-1])
     npz = folder / "remember.npz"

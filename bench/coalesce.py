@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--max-iterations", type=int, default=800)
     args = parser.parse_args()
 
+    from app import revisions
     from app.db import session_scope
     from app.migrate import upgrade
     from app.models import Job, Model, ModelVersion, new_id
@@ -57,14 +58,16 @@ def main() -> None:
     features_for(load_faces(MODEL / "remember.npz", 32, 1), settings.var_dir / "cache")
     model_id = new_id()
     storage.put_bytes(f"checkpoints/{model_id}/v1.safetensors", base.read_bytes())
-    storage.put_bytes(f"remember/{model_id}/remember.npz", (MODEL / "remember.npz").read_bytes())
+    with open(MODEL / "remember.npz", "rb") as f:
+        remember = revisions.put_registered(storage, model_id, revisions.REMEMBER, "remember.npz", f)
     with session_scope(settings) as s:
-        s.add(Model(id=model_id, name="bench", current_version=1, remember_prefix=f"remember/{model_id}/",
+        s.add(Model(id=model_id, name="bench", current_version=1, remember_prefix=revisions.model_prefix(model_id),
                     image_size=32, channels=1, n_bits=5, created_by="bench"))
         s.flush()
         key = f"checkpoints/{model_id}/v1.safetensors"
         s.add(ModelVersion(model_id=model_id, version=1, parent=None, checkpoint_key=key,
-                           sha256=sha, promoted=True))
+                           sha256=sha, promoted=True, remember_revision=1))
+        revisions.first_revision(s, model_id, [remember])
 
     params = {"max_iterations": args.max_iterations}
 

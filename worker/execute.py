@@ -21,16 +21,18 @@ from typing import Any
 import torch
 from sqlalchemy import select, update
 
+from app import revisions
 from app.db import session_scope
-from app.models import Job, Model, ModelVersion
+from app.models import Job, Model, ModelVersion, RememberRevision
 from app.storage import Storage, get_storage
 from app.sweeper import Timings, utcnow
 from taming import pipeline
 from taming.checkpoint import CheckpointError, file_sha256
 from taming.data import DataError, FaceSet, load_faces
 from taming.tame import TamingError
-from worker import finish, lease
+from worker import finish, lease, remember_sets
 from worker.finish import LeaseLost, RunCancelled, RunTimeLimit
+from worker.remember_sets import Fetched
 from worker.runner import Batch
 
 log = logging.getLogger(__name__)
@@ -53,22 +55,11 @@ def tame_config(parameters: dict[str, Any]) -> Any:
                          **{k: v for k, v in parameters.items() if k in known})
 
 
-def _fetch_prefix(storage: Storage, prefix: str, folder: Path) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for key in storage.list(prefix):
-        path = folder / key[len(prefix):].lstrip("/").replace("/", "_")
-        storage.download(key, path)
-        paths.append(path)
-    return paths
-
-
-def fetch_remember(storage: Storage, model: Model, folder: Path) -> FaceSet:
-    prefix = model.remember_prefix.rstrip("/") + "/"
-    paths = _fetch_prefix(storage, prefix, folder)
-    npz = [p for p in paths if p.suffix == ".npz"]
-    source = npz[0] if len(npz) == 1 else folder  # one .npz, or a folder of images
-    return load_faces(source, model.image_size, model.channels)
+def fetch_remember(storage: Storage, model: Model, revision: RememberRevision | None, folder: Path) -> Fetched:
+    """The remember-set revision of the version the run starts from (everyone forgotten before is out of it)."""
+    if revision is None:
+        raise DataError("the version to start from records no remember-set revision")
+    return remember_sets.fetch(storage, model, revision, folder)
 
 
 def fetch_uploads(storage: Storage, job: Job, field: str, model: Model, folder: Path) -> FaceSet | None:
@@ -221,6 +212,7 @@ def execute(batch: Batch, settings: Any, t: Timings, owner: str) -> None:
                 )
             )
             jobs = list(session.scalars(select(Job).where(Job.id.in_(batch.job_ids)).order_by(Job.created_at)))
+            revision = revisions.get_revision(session, batch.model_id, base.remember_revision if base else None)
         if model is None or base is None:
             finish.fail(batch, settings, t, f"Model version {batch.base_version} to start from is missing.")
             return
@@ -229,7 +221,8 @@ def execute(batch: Batch, settings: Any, t: Timings, owner: str) -> None:
             storage.download(base.checkpoint_key, ckpt)
             if file_sha256(ckpt) != base.sha256:
                 raise CheckpointError(f"the stored checkpoint of version {base.version} does not match its SHA-256")
-            remember = fetch_remember(storage, model, tmp / "remember")
+            fetched = fetch_remember(storage, model, revision, tmp / "remember")
+            remember = fetched.sets[revisions.REMEMBER].faces
             config = tame_config(jobs[0].parameters or {})
         except (DataError, CheckpointError, KeyError, TypeError) as exc:
             finish.fail(batch, settings, t, f"Could not prepare the run: {exc}")
@@ -275,9 +268,12 @@ def execute(batch: Batch, settings: Any, t: Timings, owner: str) -> None:
         batch.job_ids = [r.key for r in requests]
 
         out = tmp / "tamed.safetensors"
+        # D_R below is the revision without this run's people: the same rows the next revision leaves out
+        new_revision = (None if rebalance else
+                        remember_sets.plan_next(fetched, requests, tmp / "next", model.id, batch.run_id))
         model_meta = {
             "id": model.id, "parent_version": base.version, "parent_sha256": base.sha256,
-            "new_version": batch.base_version + 1,
+            "new_version": batch.base_version + 1, **_remember_meta(fetched, new_revision, rebalance is None),
         }
         monitor = RunMonitor(batch, settings, t, owner, storage, resumed_from)
         try:
@@ -308,6 +304,15 @@ def execute(batch: Batch, settings: Any, t: Timings, owner: str) -> None:
         if not result.criterion_met:
             finish.fail(batch, settings, t, finish.criterion_message(result, config))
             return
-        finish.succeed(batch, settings, t, owner, result, out)
+        finish.succeed(batch, settings, t, owner, result, out, new_revision)
+
+
+def _remember_meta(fetched: Fetched, new: revisions.NewRevision | None, erasure: bool) -> dict[str, Any]:
+    """The report's record of the remember-set revisions: the one read, the one the new version records."""
+    meta: dict[str, Any] = {"remember_revision_parent": fetched.revision,
+                            "remember_revision": new.number if new is not None else fetched.revision}
+    if erasure:
+        meta["remember_images"] = new.images if new is not None else len(fetched.sets[revisions.REMEMBER].faces)
+    return meta
 
 
