@@ -135,12 +135,17 @@ class Workers:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.log_dir = log_dir
 
-    def start(self, settings: Any, step_seconds: float | None = None) -> subprocess.Popen[bytes]:
-        """A `python -m worker`; with step_seconds, one whose real pipeline sleeps after each iteration."""
+    def start(self, settings: Any, step_seconds: float | None = None,
+              crash_at: str | None = None) -> subprocess.Popen[bytes]:
+        """A `python -m worker`; with step_seconds, one whose real pipeline sleeps after each iteration; with
+        crash_at, one that kills itself at that stage of writing a remember-set revision (crashing_worker.py)."""
         from app.settings import child_environment
 
         env = child_environment(settings, PYTHONPATH=str(ROOT))
-        if step_seconds is None:
+        if crash_at is not None:
+            cmd = [sys.executable, str(ROOT / "tests" / "worker" / "crashing_worker.py"), crash_at,
+                   "--loglevel", "INFO"]
+        elif step_seconds is None:
             cmd = [sys.executable, "-m", "worker", "--loglevel", "INFO"]
         else:
             cmd = [sys.executable, str(ROOT / "tests" / "worker" / "paced_worker.py"), str(step_seconds),
