@@ -44,10 +44,6 @@ class Fetched:
     def objects(self) -> list[dict[str, Any]]:
         return [o for s in self.sets.values() for o in s.objects]
 
-    def faces(self, name: str) -> FaceSet | None:
-        found = self.sets.get(name)
-        return found.faces if found is not None else None
-
 
 def fetch(storage: Storage, model: Model, row: RememberRevision, folder: Path) -> Fetched:
     """Download a revision's objects into `folder`, check their SHA-256s and load each set."""
@@ -96,7 +92,7 @@ def plan_next(fetched: Fetched, requests: list[pipeline.Request], folder: Path, 
         if not drop.any():
             objects += part.objects
             continue
-        gone = part.entries_of(drop)
+        gone = part.entries_of(drop)  # the manifest entries holding the rows that leave
         removed.append({"set": name, "images": int(drop.sum()),
                         "identities": sorted(set(part.faces.identity[drop].tolist()) - {-1}),
                         "sha256": [part.faces.sha256[i] for i in np.flatnonzero(drop)],
@@ -108,7 +104,7 @@ def plan_next(fetched: Fetched, requests: list[pipeline.Request], folder: Path, 
             objects.append(revisions.entry(name, key, file_sha256(path), path.stat().st_size))
             uploads.append((key, path))
         else:
-            objects += [o for j, o in enumerate(part.objects) if j not in set(gone)]
+            objects += [o for j, o in enumerate(part.objects) if j not in gone]
     if not removed:
         return None
     return revisions.NewRevision(parent=fetched.revision, objects=objects, uploads=uploads, removed=removed,
