@@ -103,6 +103,32 @@ class ModelVersion(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     promoted: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The remember-set revision this version was tamed with (app/revisions.py); the next job starts from it.
+    remember_revision: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class RememberRevision(Base):
+    """One revision of a model's reference remember set: which storage objects make it up.
+
+    Revision 1 is the set as registered; a job that forgets people writes the next one without them, in the
+    same transaction as the version it makes. `objects` lists {"set", "key", "sha256", "bytes"}; NULL (rows
+    made by the migration) means every object directly under the model's remember_prefix.
+    """
+
+    __tablename__ = "remember_revisions"
+    __table_args__ = (UniqueConstraint("model_id", "revision", name="uq_remember_revisions_revision"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id"), index=True)
+    revision: Mapped[int] = mapped_column(Integer)
+    parent: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    job_ids: Mapped[list[str]] = mapped_column(JSON, default=list)  # the erasures it applies
+    objects: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    images: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    removed: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)  # per set: what left, vs the parent
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)  # its own objects deleted
 
 
 class Job(Base):

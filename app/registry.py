@@ -2,7 +2,9 @@
 
 Version 1 is the uploaded base checkpoint; every later version comes from a job (the worker adds it).
 Promotion may move the current version backwards, but moving back past a version an erasure produced
-would bring a forgotten person back: that needs `force` and a reason, and is audited.
+would bring a forgotten person back: that needs `force` and a reason, and is audited. It serves the older
+checkpoint only: the person's photos stay deleted and later jobs still read the newest remember-set
+revision (app/revisions.py).
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ from fastapi import UploadFile
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app import audit, uploads
+from app import audit, lineage, revisions, uploads
 from app.checkpoints import CheckpointInfo, CheckpointProblem, convert_rosinality, looks_like_safetensors, read_header
 from app.errors import ApiError, not_found
-from app.models import ApiKey, Job, Model, ModelVersion, new_id
+from app.models import ApiKey, Model, ModelVersion, new_id
 from app.schemas import PromoteRequest
 from app.settings import Settings
 from app.storage import Storage
@@ -98,32 +100,33 @@ def register(session: Session, storage: Storage, settings: Settings, key: ApiKey
         sha = uploads.sha256_of(src)
         try:
             storage.put_file(f"checkpoints/{model_id}/v1.safetensors", src)
-            for folder, files in (("remember", items), ("remember_holdout", held)):
-                for file_name, upload in files:
-                    upload.file.seek(0)
-                    storage.put_file(f"{folder}/{model_id}/{file_name}", upload.file)
+            objects = [revisions.put_registered(storage, model_id, revisions.REMEMBER, file_name, upload.file)
+                       for file_name, upload in items]
+            objects += [revisions.put_registered(storage, model_id, revisions.REMEMBER_HOLDOUT, f"holdout/{file_name}",
+                                                 upload.file) for file_name, upload in held]
             model = _insert(session, key, model_id, name, info, sha, require_promotion, settings, bool(held))
+            revisions.first_revision(session, model_id, objects)
+            session.commit()
         except BaseException:
             session.rollback()
-            for folder in ("checkpoints", "remember", "remember_holdout"):
-                storage.delete_prefix(f"{folder}/{model_id}/")
+            storage.delete_prefix(f"checkpoints/{model_id}/")
+            storage.delete_prefix(revisions.model_prefix(model_id))
             raise
     return model
 
 
 def _insert(session: Session, key: ApiKey, model_id: str, name: str, info: CheckpointInfo, sha: str,
             require_promotion: bool | None, settings: Settings, has_holdout: bool = False) -> Model:
-    model = Model(id=model_id, name=name, current_version=1, remember_prefix=f"remember/{model_id}/",
-                  remember_holdout_prefix=f"remember_holdout/{model_id}/" if has_holdout else None,
+    model = Model(id=model_id, name=name, current_version=1, remember_prefix=revisions.model_prefix(model_id),
+                  remember_holdout_prefix=revisions.registered_key(model_id, "holdout/") if has_holdout else None,
                   image_size=info.image_size, channels=info.channels, n_bits=info.n_bits, created_by=key.id,
                   require_promotion=settings.require_promotion if require_promotion is None else require_promotion)
     session.add(model)
     session.flush()
     session.add(ModelVersion(model_id=model_id, version=1, parent=None, job_id=None, sha256=sha, promoted=True,
-                             checkpoint_key=f"checkpoints/{model_id}/v1.safetensors"))
+                             checkpoint_key=f"checkpoints/{model_id}/v1.safetensors", remember_revision=1))
     audit.record(session, key.id, "model.register", f"model:{model_id}",
                  {"name": name, "sha256": sha, "image_size": info.image_size, "channels": info.channels})
-    session.commit()
     return model
 
 
@@ -148,14 +151,9 @@ def versions(session: Session, model_id: str) -> list[ModelVersion]:
 
 
 def erasures_between(session: Session, model_id: str, low: int, high: int) -> list[dict[str, object]]:
-    """Versions in (low, high] that a forget_identity job produced."""
-    rows = session.execute(
-        select(ModelVersion.version, Job.id, Job.subject_ref)
-        .join(Job, Job.id == ModelVersion.job_id)
-        .where(ModelVersion.model_id == model_id, ModelVersion.version > low, ModelVersion.version <= high,
-               Job.kind == "forget_identity")
-    ).all()
-    return [{"version": v, "job_id": j, "subject_ref": s} for v, j, s in rows]
+    """Erasures that took effect in versions (low, high], every request of a coalesced run included."""
+    return [{"version": e.version, "job_id": e.job_id, "subject_ref": e.subject_ref}
+            for e in lineage.erasures(session, model_id, low, high)]
 
 
 def promote(session: Session, key: ApiKey, model: Model, version: int, req: PromoteRequest) -> Model:
@@ -163,12 +161,13 @@ def promote(session: Session, key: ApiKey, model: Model, version: int, req: Prom
     undone = erasures_between(session, model.id, version, model.current_version)
     if undone and not (req.force and (req.reason or "").strip()):
         raise ApiError(409, "erasure_rollback", f"version {version} predates {len(undone)} erasure(s); "
-                       "promoting it needs force=true and a reason", undone)
+                       "promoting it needs force=true and a reason (their photos are not restored)", undone)
     previous = model.current_version
     model.current_version = version
     target.promoted = True
     audit.record(session, key.id, "model.promote", f"model:{model.id}",
                  {"from": previous, "to": version, "force": req.force, "reason": req.reason,
-                  "erasures_undone": undone})
+                  "erasures_undone": undone, "photos_restored": False,
+                  "remember_revision": revisions.live_number(session, model.id)})
     session.commit()
     return model

@@ -157,6 +157,15 @@ class ModelList(BaseModel):
     next_cursor: str | None = None
 
 
+class ErasureOut(BaseModel):
+    """An erasure a version carries: the job, the caller's ticket, the version it took effect in, when."""
+
+    job_id: str
+    subject_ref: str
+    version: int
+    erased_at: datetime | None
+
+
 class VersionOut(BaseModel):
     version: int
     parent: int | None
@@ -164,11 +173,13 @@ class VersionOut(BaseModel):
     sha256: str
     created_at: datetime
     promoted: bool
+    remember_revision: int | None = Field(default=None, description="The remember-set revision it was tamed with.")
+    erasures: list[ErasureOut] = Field(default_factory=list, description="Every erasure this version carries.")
 
     @classmethod
-    def of(cls, v: ModelVersion) -> VersionOut:
+    def of(cls, v: ModelVersion, erasures: list[ErasureOut] | None = None) -> VersionOut:
         return cls(version=v.version, parent=v.parent, job_id=v.job_id, sha256=v.sha256, created_at=v.created_at,
-                   promoted=v.promoted)
+                   promoted=v.promoted, remember_revision=v.remember_revision, erasures=erasures or [])
 
 
 class VersionList(BaseModel):

@@ -9,6 +9,8 @@ live lease holder picks up its model's jobs itself):
   saved state. At `max_attempts` they fail with a message that says so, and their uploads are deleted.
 - `queued` jobs older than `queued_stale_seconds` (their doorbell was lost, or rang while the model was
   busy and the holder died before picking them up): a new doorbell.
+- remember-set objects of superseded revisions that a worker dying right after its commit left behind:
+  deleted, and audited (app/revisions.py).
 
 Torch-free: it runs beside the API in embedded mode (`run_forever` in a thread) and as Celery task
 `taming.sweep` (beat) or a thread of `taming worker` in distributed mode.
@@ -90,7 +92,8 @@ def give_up(session: Session, job: Job, message: str, actor: str, now: datetime,
 
 
 def sweep_once(session: Session, settings: Any, now: datetime | None = None) -> dict[str, list[str]]:
-    """One pass; returns the job ids it re-enqueued and failed. Doorbells ring after the commit."""
+    """One pass; returns the job ids it re-enqueued and failed, and the models it purged. Doorbells ring after
+    the commit."""
     from app.queue import enqueue
     from app.storage import get_storage
 
@@ -141,7 +144,21 @@ def sweep_once(session: Session, settings: Any, now: datetime | None = None) -> 
             log.exception("could not re-enqueue job %s", job_id)
     if rescued or failed:
         log.info("sweep: re-enqueued %s, failed %s", rescued, failed)
-    return {"enqueued": rescued, "failed": failed}
+    purged = _purge_superseded(session, settings, busy)
+    return {"enqueued": rescued, "failed": failed, "purged": purged}
+
+
+def _purge_superseded(session: Session, settings: Any, busy: set[str]) -> list[str]:
+    """Delete superseded remember objects of models nobody runs now (a holder purges its own after its commit)."""
+    from app import revisions
+    from app.storage import get_storage
+
+    purged = []
+    for model_id in revisions.pending_purges(session):
+        if model_id not in busy and revisions.purge(session, get_storage(settings), model_id, ACTOR, orphans=False):
+            purged.append(model_id)
+        session.commit()
+    return purged
 
 
 def run_forever(stop_event: threading.Event, settings: Any = None) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 from fastapi import UploadFile
 from sqlalchemy.orm import Session
 
-from app import metrics, registry, uploads
+from app import metrics, registry, revisions, uploads
 from app.errors import ApiError
 from app.schemas import RememberStatsOut, VerifyImage, VerifyOut
 from app.settings import Settings, child_environment
@@ -144,15 +144,15 @@ def verify(session: Session, storage: Storage, settings: Settings, verifier: Ver
     started = time.perf_counter()
     outcome = "error"
     try:
-        result = _verify(session, settings, verifier, model_id, version, images, delta, epsilon)
+        result = _verify(session, storage, settings, verifier, model_id, version, images, delta, epsilon)
         outcome = "forgotten" if result.reached else "not_forgotten"
         return result
     finally:
         metrics.VERIFY_SECONDS.labels(outcome).observe(time.perf_counter() - started)
 
 
-def _verify(session: Session, settings: Settings, verifier: Verifier, model_id: str, version: int | None,
-            images: list[UploadFile], delta: float, epsilon: float | None) -> VerifyOut:
+def _verify(session: Session, storage: Storage, settings: Settings, verifier: Verifier, model_id: str,
+            version: int | None, images: list[UploadFile], delta: float, epsilon: float | None) -> VerifyOut:
     if delta == 0:
         raise ApiError(422, "invalid_parameters", "delta must not be 0")
     model = registry.get_model(session, model_id)
@@ -169,7 +169,8 @@ def _verify(session: Session, settings: Settings, verifier: Verifier, model_id: 
             path.write_bytes(item.upload.file.read())
             items.append({"path": str(path), "name": item.name, "counted": item.info.excluded_reason is None})
         request = {"model_id": model.id, "version": row.version, "sha256": row.sha256,
-                   "checkpoint_key": row.checkpoint_key, "remember_prefix": model.remember_prefix,
+                   "checkpoint_key": row.checkpoint_key,
+                   "remember_keys": revisions.live_keys(session, storage, model),
                    "image_size": model.image_size, "channels": model.channels, "images": items,
                    "delta": delta, "epsilon": epsilon}
         answer = verifier.ask(request, settings.verify_timeout_seconds)

@@ -168,16 +168,22 @@ def _near_images(space: FeatureSpace, planned: list[Planned], remember: FaceSet,
 
 
 def without_forgotten_people(faces: FaceSet, requests: list[Request]) -> FaceSet:
-    """`faces` without anyone being forgotten (DESIGN.md section 4, step 8: D_R never holds them).
+    """`faces` without anyone being forgotten (DESIGN.md section 4, step 8: D_R never holds them)."""
+    return faces.subset(~forgotten_rows(faces, requests))
+
+
+def forgotten_rows(faces: FaceSet, requests: list[Request]) -> np.ndarray:
+    """Which images of `faces` belong to someone being forgotten (bool [N]).
 
     An image identical (after resizing) to an uploaded forget or held-out image marks its identity
     within `faces` as that person's: all of that identity's images leave, not just the matching ones.
+    The worker's remember-set revisions (worker/remember_sets.py) leave out exactly these rows.
     """
     uploaded = [r.forget.images for r in requests] + [r.holdout.images for r in requests if r.holdout]
     keys = {img.numpy().tobytes() for batch in uploaded for img in batch}
     hit = np.array([img.numpy().tobytes() in keys for img in faces.images], dtype=bool)
     people = set(faces.identity[hit].tolist()) - {-1}
-    return faces.subset(~(hit | np.isin(faces.identity, list(people))))
+    return np.asarray(hit | np.isin(faces.identity, list(people)), dtype=bool)
 
 
 def _rebalance_sets(requests: list[Request], rebalance: Rebalance,

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from sqlalchemy import select
 
-from app import job_reports
+from app import job_reports, revisions
 from app.db import session_scope
-from app.models import TERMINAL_STATES, Job, Model, ModelVersion
+from app.models import TERMINAL_STATES, Job, Model, ModelVersion, RememberRevision
 from app.storage import Storage, get_storage
 from app.sweeper import Timings
 from taming import pipeline
@@ -28,7 +28,7 @@ from taming.checkpoint import CheckpointError, file_sha256
 from taming.data import DataError, FaceSet, load_faces
 from taming.precision import Precision
 from taming.tame import TamingError
-from worker import finish
+from worker import finish, remember_sets
 from worker.finish import LeaseLost, RunCancelled, RunTimeLimit
 from worker.monitor import RunMonitor
 from worker.progress import Goal, PhaseClock, previous_phase_seconds
@@ -59,34 +59,13 @@ def tame_config(parameters: dict[str, Any]) -> Any:
                          **{k: v for k, v in parameters.items() if k in known})
 
 
-def _fetch_prefix(storage: Storage, prefix: str, folder: Path) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for key in storage.list(prefix):
-        path = folder / key[len(prefix):].lstrip("/").replace("/", "_")
-        storage.download(key, path)
-        paths.append(path)
-    return paths
-
-
-def fetch_set(storage: Storage, prefix: str, size: int, channels: int, folder: Path) -> FaceSet:
-    """A stored image set (one .npz, or images) under `prefix`, loaded at the model's size."""
-    prefix = prefix.rstrip("/") + "/"
-    paths = _fetch_prefix(storage, prefix, folder)
-    npz = [p for p in paths if p.suffix == ".npz"]
-    source = npz[0] if len(npz) == 1 else folder  # one .npz, or a folder of images
-    return load_faces(source, size, channels)
-
-
-def fetch_remember(storage: Storage, model: Model, folder: Path) -> FaceSet:
-    return fetch_set(storage, model.remember_prefix, model.image_size, model.channels, folder)
-
-
-def fetch_remember_holdout(storage: Storage, model: Model, folder: Path) -> FaceSet | None:
-    """The model's held-out remember images (`POST /v1/models` field `remember_holdout`), when it has them."""
-    if not model.remember_holdout_prefix:
-        return None
-    return fetch_set(storage, model.remember_holdout_prefix, model.image_size, model.channels, folder)
+def fetch_remember(storage: Storage, model: Model, revision: RememberRevision | None,
+                   folder: Path) -> remember_sets.Fetched:
+    """The remember-set revision of the version the run starts from (everyone forgotten before is out of it):
+    the reference remember set and, when the model has one, its held-out remember images."""
+    if revision is None:
+        raise DataError("the version to start from records no remember-set revision")
+    return remember_sets.fetch(storage, model, revision, folder)
 
 
 def fetch_uploads(storage: Storage, job: Job, field: str, model: Model, folder: Path) -> FaceSet | None:
@@ -120,7 +99,9 @@ class _Inputs:
     jobs: list[Job]
     key_names: dict[str, str | None]
     previous: dict[str, float]  # phase seconds of the newest finished run on this model
+    revision: RememberRevision | None = None
     checkpoint: Path | None = None
+    fetched: remember_sets.Fetched | None = None
     remember: FaceSet | None = None
     remember_holdout: FaceSet | None = None
     config: Any = None
@@ -139,9 +120,10 @@ def _read_rows(batch: Batch, settings: Any) -> _Inputs | None:
                                                              Job.state.in_(TERMINAL_STATES), Job.run_id != batch.run_id)
                                   .order_by(Job.finished_at.desc()).limit(5))
         previous = previous_phase_seconds(list(earlier))
+        revision = revisions.get_revision(session, batch.model_id, base.remember_revision if base else None)
     if model is None or base is None:
         return None
-    return _Inputs(model, base, jobs, names, previous)
+    return _Inputs(model, base, jobs, names, previous, revision)
 
 
 def _fetch(inputs: _Inputs, batch: Batch, storage: Storage, tmp: Path) -> None:
@@ -151,8 +133,10 @@ def _fetch(inputs: _Inputs, batch: Batch, storage: Storage, tmp: Path) -> None:
     if file_sha256(ckpt) != inputs.base.sha256:
         raise CheckpointError(f"the stored checkpoint of version {inputs.base.version} does not match its SHA-256")
     inputs.checkpoint = ckpt
-    inputs.remember = fetch_remember(storage, inputs.model, tmp / "remember")
-    inputs.remember_holdout = fetch_remember_holdout(storage, inputs.model, tmp / "remember_holdout")
+    fetched = inputs.fetched = fetch_remember(storage, inputs.model, inputs.revision, tmp / "remember")
+    inputs.remember = fetched.sets[revisions.REMEMBER].faces
+    held = fetched.sets.get(revisions.REMEMBER_HOLDOUT)
+    inputs.remember_holdout = held.faces if held is not None else None
     inputs.config = tame_config(inputs.jobs[0].parameters or {})
     if batch.resumed and storage.exists(f"runs/{batch.run_id}/state.pt"):
         storage.download(f"runs/{batch.run_id}/state.pt", tmp / "state.pt")
@@ -231,9 +215,13 @@ def execute(batch: Batch, settings: Any, t: Timings, owner: str) -> None:
 def _run(batch: Batch, settings: Any, t: Timings, owner: str, inputs: _Inputs, requests: list[pipeline.Request],
          rebalance: pipeline.Rebalance | None, monitor: RunMonitor, out: Path) -> None:
     model, base = inputs.model, inputs.base
+    assert inputs.checkpoint is not None and inputs.remember is not None and inputs.fetched is not None
+    # D_R below is the revision without this run's people: the same rows the next revision leaves out
+    new_revision = (None if rebalance else
+                    remember_sets.plan_next(inputs.fetched, requests, out.parent / "next", model.id, batch.run_id))
     model_meta = {"id": model.id, "parent_version": base.version, "parent_sha256": base.sha256,
-                  "new_version": batch.base_version + 1}
-    assert inputs.checkpoint is not None and inputs.remember is not None
+                  "new_version": batch.base_version + 1,
+                  **_remember_meta(inputs.fetched, new_revision, rebalance is None)}
     device, precision = pick_device(settings.device), run_precision(settings)
     log.info("run %s on %s (%s)", batch.run_id, device, precision.describe())
     try:
@@ -266,4 +254,14 @@ def _run(batch: Batch, settings: Any, t: Timings, owner: str, inputs: _Inputs, r
     if not result.criterion_met:
         finish.fail(batch, settings, t, finish.criterion_message(result, inputs.config), result=result)
         return
-    finish.succeed(batch, settings, t, owner, result, out)
+    finish.succeed(batch, settings, t, owner, result, out, new_revision)
+
+
+def _remember_meta(fetched: remember_sets.Fetched, new: revisions.NewRevision | None,
+                   erasure: bool) -> dict[str, Any]:
+    """The report's record of the remember-set revisions: the one read, the one the new version records."""
+    meta: dict[str, Any] = {"remember_revision_parent": fetched.revision,
+                            "remember_revision": new.number if new is not None else fetched.revision}
+    if erasure:
+        meta["remember_images"] = new.images if new is not None else len(fetched.sets[revisions.REMEMBER].faces)
+    return meta

@@ -2,10 +2,12 @@
 
 Every ending deletes the uploads of the run's jobs (a person's images do not outlive their request)
 and records each job's `job.completed` webhook in the same transaction as its final state (the delivery
-loop of app/webhook_delivery.py sends it, outside the run). On success the artefacts are uploaded first, then one
-transaction adds the version, moves the model's current version and marks every job succeeded: a crash
-between the two re-runs from the saved state and overwrites the same keys, and the unique
-(model_id, parent) constraint refuses a second version on the same parent whatever happens.
+loop of app/webhook_delivery.py sends it, outside the run). On success the artefacts are uploaded first (the new
+remember-set revision's objects among them), then one transaction adds the version with its revision, moves
+the model's current version and marks every job succeeded: a crash between the two re-runs from the saved
+state and overwrites the same keys, so the revision and the version exist together or not at all, and the
+unique (model_id, parent) constraint refuses a second version on the same parent whatever happens. Only
+after that commit are the superseded remember-set objects deleted (app/revisions.py).
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from app import audit, job_reports, webhooks
+from app import audit, job_reports, revisions, webhooks
 from app.db import session_scope
 from app.models import Job, Model, ModelVersion
 from app.storage import get_storage
@@ -86,7 +88,8 @@ def _delete_uploads(settings: Any, jobs: list[Job]) -> None:
     with session_scope(settings) as session:
         for job in jobs:
             audit.record(session, _actor(), "job.uploads_deleted", job.id,
-                         {"files": len(job.uploads or []), "sha256": [u.get("sha256") for u in job.uploads or []]})
+                         {"files": len(job.uploads or []), "keys": [u.get("key") for u in job.uploads or []],
+                          "sha256": [u.get("sha256") for u in job.uploads or []]})
 
 
 def cleanup_run(batch: Any, settings: Any) -> None:
@@ -156,49 +159,80 @@ def retry_or_fail(batch: Any, settings: Any, t: Timings, exc: Exception) -> None
             audit.record(session, _actor(), "job.error", job_id, {"error": f"{type(exc).__name__}: {exc}"})
 
 
-def succeed(batch: Any, settings: Any, t: Timings, owner: str, result: Any, checkpoint: Path) -> None:
+def succeed(batch: Any, settings: Any, t: Timings, owner: str, result: Any, checkpoint: Path,
+            revision: revisions.NewRevision | None = None) -> None:
+    """Upload the artefacts (checkpoint, reports, the new remember-set revision), then one transaction records
+    the version with its revision; the superseded remember objects are deleted only after that commit."""
     storage = get_storage(settings)
-    new_version = batch.base_version + 1
-    sha = result.sha256
-    if sha != _file_sha256(checkpoint):
-        raise RuntimeError("the tamed checkpoint does not match the SHA-256 the pipeline reported")
-    key = f"checkpoints/{batch.model_id}/v{new_version}.safetensors"
-    with open(checkpoint, "rb") as f:
-        storage.put_file(key, f)
-    for job_id in batch.job_ids:
-        _store_report(storage, job_id, result.reports.get(job_id, {}), result.html.get(job_id, ""),
-                      job_reports.outcome("succeeded", None, None, new_version))
-    _store_version_stats(storage, batch, new_version, sha, result)
-
+    key = _upload_artefacts(storage, batch, result, checkpoint)
+    if revision is not None:
+        revisions.upload(storage, revision)
     try:
         with session_scope(settings) as session:
             if not lease.renew(session, batch.model_id, owner, t.lease_seconds, utcnow()):
                 raise LeaseLost(batch.model_id)
-            model = session.get(Model, batch.model_id)
-            assert model is not None
-            promoted = not model.require_promotion
-            session.add(ModelVersion(model_id=model.id, version=new_version, parent=batch.base_version,
-                                     job_id=batch.job_ids[0], checkpoint_key=key, sha256=sha, promoted=promoted))
-            session.flush()  # the unique (model_id, parent) check happens here
-            details = {"version": new_version, "parent": batch.base_version, "sha256": sha,
-                       "jobs": batch.job_ids, "run_id": batch.run_id, "iterations": result.iterations}
-            audit.record(session, _actor(), "version.created", model.id, details)
-            if promoted:
-                model.current_version = new_version
-                audit.record(session, _actor(), "model.current_version", model.id, {"version": new_version})
-            ended = _end_jobs(session, batch.job_ids, "succeeded", result.iterations, version=new_version, error=None)
-            for job in ended:
-                job.report_key = f"reports/{job.id}.json"
-                audit.record(session, _actor(), "job.succeeded", job.id, {"version": new_version, "sha256": sha})
+            ended = _record_success(session, batch, result, key, revision)
     except IntegrityError:
         # A version on this parent exists already: never a second one. Send the jobs round again on top
         # of the newest version (their erasure must not be lost on a branch).
-        log.error("version %s of model %s exists already; re-queueing run %s", new_version, batch.model_id,
-                  batch.run_id)
+        log.error("version %s of model %s exists already; re-queueing run %s", batch.base_version + 1,
+                  batch.model_id, batch.run_id)
         _requeue(settings, batch)
         return
     _delete_uploads(settings, ended)
+    if revision is not None:
+        revisions.ensure_uploaded(storage, revision)
+        purge_remember(settings, batch.model_id, orphans=True)
     cleanup_run(batch, settings)
+
+
+def _upload_artefacts(storage: Any, batch: Any, result: Any, checkpoint: Path) -> str:
+    """The tamed checkpoint and every job's reports; returns the checkpoint's key."""
+    if result.sha256 != _file_sha256(checkpoint):
+        raise RuntimeError("the tamed checkpoint does not match the SHA-256 the pipeline reported")
+    key = f"checkpoints/{batch.model_id}/v{batch.base_version + 1}.safetensors"
+    with open(checkpoint, "rb") as f:
+        storage.put_file(key, f)
+    for job_id in batch.job_ids:
+        _store_report(storage, job_id, result.reports.get(job_id, {}), result.html.get(job_id, ""),
+                      job_reports.outcome("succeeded", None, None, batch.base_version + 1))
+    _store_version_stats(storage, batch, batch.base_version + 1, result.sha256, result)
+    return key
+
+
+def _record_success(session: Any, batch: Any, result: Any, key: str,
+                    revision: revisions.NewRevision | None) -> list[Job]:
+    """The new version (with its remember-set revision), the current version, the jobs' end: one transaction."""
+    new_version, sha = batch.base_version + 1, result.sha256
+    model = session.get(Model, batch.model_id)
+    base = session.scalars(select(ModelVersion).where(ModelVersion.model_id == batch.model_id,
+                                                      ModelVersion.version == batch.base_version)).first()
+    assert model is not None and base is not None
+    promoted = not model.require_promotion
+    session.add(ModelVersion(model_id=model.id, version=new_version, parent=batch.base_version,
+                             job_id=batch.job_ids[0], checkpoint_key=key, sha256=sha, promoted=promoted,
+                             remember_revision=revision.number if revision is not None else base.remember_revision))
+    session.flush()  # the unique (model_id, parent) check happens here
+    if revision is not None:
+        revisions.commit(session, model.id, batch.run_id, batch.job_ids, revision, _actor())
+    details = {"version": new_version, "parent": batch.base_version, "sha256": sha, "jobs": batch.job_ids,
+               "run_id": batch.run_id, "iterations": result.iterations,
+               "remember_revision": revision.number if revision is not None else base.remember_revision}
+    audit.record(session, _actor(), "version.created", model.id, details)
+    if promoted:
+        model.current_version = new_version
+        audit.record(session, _actor(), "model.current_version", model.id, {"version": new_version})
+    ended = _end_jobs(session, batch.job_ids, "succeeded", result.iterations, version=new_version, error=None)
+    for job in ended:
+        job.report_key = f"reports/{job.id}.json"
+        audit.record(session, _actor(), "job.succeeded", job.id, {"version": new_version, "sha256": sha})
+    return ended
+
+
+def purge_remember(settings: Any, model_id: str, *, orphans: bool) -> None:
+    """Delete the model's remember objects that the live revision does not hold, and audit what went."""
+    with session_scope(settings) as session:
+        revisions.purge(session, get_storage(settings), model_id, _actor(), orphans=orphans)
 
 
 def _store_version_stats(storage: Any, batch: Any, version: int, sha: str, result: Any) -> None:

@@ -32,11 +32,11 @@ from PIL import Image, UnidentifiedImageError
 from app.settings import Settings, get_settings
 from app.storage import get_storage
 from taming.checkpoint import CheckpointError, load_checkpoint
-from taming.data import DataError, FaceSet, to_square
+from taming.data import DataError, FaceSet, load_faces, to_square
 from taming.glow import Glow
 from taming.verify import RememberStats, check_images, remember_stats
 from worker import version_stats
-from worker.execute import fetch_set, pick_device
+from worker.execute import pick_device
 
 log = logging.getLogger(__name__)
 MAX_MODELS = 4  # loaded models kept warm, least recently used dropped first
@@ -107,9 +107,15 @@ class VerifyService:
         return found
 
     def _remember(self, req: dict[str, Any]) -> FaceSet:
+        """The live remember-set revision's reference images (their keys come with the request)."""
         with tempfile.TemporaryDirectory(prefix="taming-verify-remember-") as tmp:
-            return fetch_set(self.storage, req["remember_prefix"], int(req["image_size"]), int(req["channels"]),
-                             Path(tmp))
+            folder = Path(tmp)
+            paths = []
+            for i, key in enumerate(req["remember_keys"]):
+                paths.append(folder / f"{i:06d}{Path(key).suffix.lower()}")
+                self.storage.download(key, paths[-1])
+            source = paths[0] if len(paths) == 1 and paths[0].suffix == ".npz" else folder
+            return load_faces(source, int(req["image_size"]), int(req["channels"]))
 
 
 def _load_images(items: list[dict[str, Any]], size: int, channels: int) -> tuple[torch.Tensor, list[str], list[bool]]:

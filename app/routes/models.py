@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body, File, Form, Query, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy import select
 
-from app import registry
+from app import lineage, registry
 from app.auth import AdminKey, CurrentKey, ReaderKey
 from app.db import SessionDep
 from app.deps import SettingsDep, StorageDep
@@ -55,13 +55,13 @@ def get_model(model_id: str, _key: CurrentKey, session: SessionDep) -> ModelOut:
 def list_versions(model_id: str, _key: CurrentKey, session: SessionDep) -> VersionList:
     """The model's versions, oldest first (each names its parent and the job that made it)."""
     registry.get_model(session, model_id)
-    return VersionList(items=[VersionOut.of(v) for v in registry.versions(session, model_id)])
+    return VersionList(items=lineage.version_views(session, model_id, registry.versions(session, model_id)))
 
 
 @router.get("/{model_id}/versions/{version}", response_model=VersionOut)
 def get_version(model_id: str, version: int, _key: CurrentKey, session: SessionDep) -> VersionOut:
-    """One version's lineage: parent version, job, checkpoint SHA-256."""
-    return VersionOut.of(registry.get_version(session, model_id, version))
+    """One version's lineage: parent version, job, checkpoint SHA-256, and the erasures it carries."""
+    return lineage.version_views(session, model_id, [registry.get_version(session, model_id, version)])[0]
 
 
 @router.get("/{model_id}/versions/{version}/checkpoint", response_class=Response,

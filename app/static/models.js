@@ -1,7 +1,17 @@
-// Models and their version chains: which job made each version, which is current, downloads, and for
-// admins promotion and rollback (moving back past an erasure needs a reason and is audited).
+// Models and their version chains: which job made each version, the erasures each carries, which is current,
+// downloads, and for admins promotion and rollback (moving back past an erasure needs a reason and is audited).
 import {api, ApiError, blob, saveBlob} from "./api.js";
 import {date, esc, short} from "./format.js";
+
+// Every erasure a version carries (each later version carries all earlier ones: they form one chain).
+function carried(v) {
+  const erasures = v.erasures || [];
+  if (!erasures.length) return '<p class="hint erasures">carries no erasure</p>';
+  const items = erasures.map((e) => `<li><strong>${esc(e.subject_ref)}</strong> · job
+    <a href="#/jobs/${encodeURIComponent(e.job_id)}">${short(e.job_id)}</a> · v${esc(e.version)} · ${esc(date(e.erased_at, false))}</li>`).join("");
+  return `<details class="erasures"><summary>carries ${erasures.length} erasure${erasures.length === 1 ? "" : "s"}</summary>
+    <ul>${items}</ul></details>`;
+}
 
 function node(model, v, me) {
   const current = v.version === model.current_version;
@@ -13,7 +23,8 @@ function node(model, v, me) {
     <div class="vhead"><strong>v${esc(v.version)}</strong>${current ? ' <span class="badge succeeded">current</span>' : ""}
       ${v.parent ? `<span class="sub">child of v${esc(v.parent)}</span>` : ""}</div>
     <div class="sub">${made}</div>
-    <div class="sub">${esc(date(v.created_at))} · <code title="${esc(v.sha256)}">${esc(v.sha256.slice(0, 12))}</code>${v.promoted ? "" : " · never promoted"}</div>
+    <div class="sub">${esc(date(v.created_at))} · <code title="${esc(v.sha256)}">${esc(v.sha256.slice(0, 12))}</code>${v.promoted ? "" : " · never promoted"}${v.remember_revision ? ` · remember set r${esc(v.remember_revision)}` : ""}</div>
+    ${carried(v)}
     <div class="actions">${download}${promote}</div></li>`;
 }
 
@@ -30,7 +41,8 @@ function rollbackForm(err, version) {
   const undone = (err.details || []).map((e) => `<li>v${esc(e.version)}: erasure of <strong>${esc(e.subject_ref)}</strong>
     (job <a href="#/jobs/${encodeURIComponent(e.job_id)}">${short(e.job_id)}</a>)</li>`).join("");
   return `<div class="warn-box"><p><strong>Rolling back to v${esc(version)} would bring back people who were erased:</strong></p>
-    <ul>${undone}</ul><label>Reason (kept in the audit log) <textarea name="reason" rows="2" required></textarea></label>
+    <ul>${undone}</ul><p class="hint">Their photos stay deleted: the older checkpoint is served, and the next job still starts
+    from the newest version.</p><label>Reason (kept in the audit log) <textarea name="reason" rows="2" required></textarea></label>
     <button type="button" class="danger" data-force="${esc(version)}">Roll back anyway</button>
     <button type="button" class="quiet" data-dismiss>Keep the current version</button></div>`;
 }

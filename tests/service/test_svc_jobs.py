@@ -110,7 +110,8 @@ def test_promote_back_past_an_erasure_needs_force(api: Api, model: dict[str, Any
     with session_scope(api.settings) as session:
         session.add(ModelVersion(model_id=model["id"], version=2, parent=1, job_id=job["id"], sha256="b" * 64,
                                  checkpoint_key="checkpoints/x/v2.safetensors", promoted=True))
-        session.get(Job, job["id"]).state = "succeeded"  # type: ignore[union-attr]
+        row = session.get(Job, job["id"])
+        row.state, row.version = "succeeded", 2  # type: ignore[union-attr]
         from app.models import Model
 
         session.get(Model, model["id"]).current_version = 2  # type: ignore[union-attr]

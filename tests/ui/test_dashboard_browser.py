@@ -151,6 +151,8 @@ def test_a_job_goes_from_queued_to_succeeded_on_the_page(service: tuple[Service,
     page.click("nav >> text=Models")
     page.wait_for_selector(".version.current")
     assert "v2" in page.inner_text(".version.current")
+    page.click(".version.current .erasures summary")  # the erasures v2 carries
+    assert "GDPR-2025-0042" in page.inner_text(".version.current .erasures")
     page.screenshot(path=str(shots / "models.png"))
     page.click("button:has-text('Roll back to v1')")  # v2 is an erasure: the guard asks first
     page.wait_for_selector(".warn-box")

@@ -135,13 +135,18 @@ class Workers:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.log_dir = log_dir
 
-    def start(self, settings: Any, step_seconds: float | None = None, fake: bool = False) -> subprocess.Popen[bytes]:
+    def start(self, settings: Any, step_seconds: float | None = None, fake: bool = False,
+              crash_at: str | None = None) -> subprocess.Popen[bytes]:
         """A `python -m worker`; with step_seconds, one whose real pipeline sleeps after each iteration; with
-        fake, one whose pipeline is tests/worker/fake_pipeline.py (step_seconds per iteration)."""
+        fake, one whose pipeline is tests/worker/fake_pipeline.py (step_seconds per iteration); with crash_at,
+        one that kills itself at that stage of writing a remember-set revision (crashing_worker.py)."""
         from app.settings import child_environment
 
         env = child_environment(settings, PYTHONPATH=str(ROOT))
-        if fake:
+        if crash_at is not None:
+            cmd = [sys.executable, str(ROOT / "tests" / "worker" / "crashing_worker.py"), crash_at,
+                   "--loglevel", "INFO"]
+        elif fake:
             cmd = [sys.executable, str(ROOT / "tests" / "ui" / "fake_worker.py"), str(step_seconds or 0.0),
                    "--loglevel", "INFO"]
         elif step_seconds is None:

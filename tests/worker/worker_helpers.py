@@ -55,6 +55,7 @@ def write_remember(folder: Path, remember_ids: list[int]) -> Path:
 
 def add_model(settings: Any, files: dict[str, Any], name: str = "faces") -> str:
     """Register a model with version 1 the way `POST /v1/models` would."""
+    from app import revisions
     from app.db import session_scope
     from app.models import Model, ModelVersion, new_id
     from app.storage import get_storage
@@ -64,14 +65,15 @@ def add_model(settings: Any, files: dict[str, Any], name: str = "faces") -> str:
     with open(files["checkpoint"], "rb") as f:
         storage.put_file(f"checkpoints/{model_id}/v1.safetensors", f)
     with open(files["remember"], "rb") as f:
-        storage.put_file(f"remember/{model_id}/remember.npz", f)
+        remember = revisions.put_registered(storage, model_id, revisions.REMEMBER, "remember.npz", f)
     with session_scope(settings) as session:
-        session.add(Model(id=model_id, name=name, current_version=1, remember_prefix=f"remember/{model_id}/",
+        session.add(Model(id=model_id, name=name, current_version=1, remember_prefix=revisions.model_prefix(model_id),
                           image_size=SIZE, channels=1, n_bits=5, created_by="admin"))
         session.flush()
         session.add(ModelVersion(model_id=model_id, version=1, parent=None, job_id=None,
                                  checkpoint_key=f"checkpoints/{model_id}/v1.safetensors",
-                                 sha256=files["sha256"], promoted=True))
+                                 sha256=files["sha256"], promoted=True, remember_revision=1))
+        revisions.first_revision(session, model_id, [remember])
     return model_id
 
 
@@ -144,3 +146,66 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: flo
 def wait_state(settings: Any, job_id: str, states: set[str], timeout: float, **kw: Any) -> Any:
     return wait_for(lambda: (j := job(settings, job_id)) is not None and j.state in states and j,
                     timeout, f"job {job_id} to reach {states}", **kw)
+
+
+def photo_hashes(people: list[int]) -> dict[str, int]:
+    """SHA-256 -> person, of every photo of these people: the pixels, and the PNG a job uploads."""
+    import hashlib
+
+    images, identity = faces()
+    found = {}
+    for person in people:
+        for image in images[identity == person]:
+            found[hashlib.sha256(image.tobytes()).hexdigest()] = person
+            found[hashlib.sha256(png(image)).hexdigest()] = person
+    return found
+
+
+def photos_in_storage(settings: Any, people: list[int]) -> list[tuple[str, int]]:
+    """(key, person) for every stored object that holds a photo of these people: by the object's own SHA-256,
+    and inside .npz files and images by each image's pixels."""
+    from app.storage import get_storage
+
+    wanted = photo_hashes(people)
+    storage = get_storage(settings)
+    found = []
+    for key in storage.list(""):
+        try:
+            data = storage.get_bytes(key)
+        except KeyError:  # deleted since the listing (a run's saved state, say)
+            continue
+        for digest in _digests(key, data):
+            if digest in wanted:
+                found.append((key, wanted[digest]))
+    return found
+
+
+def _digests(key: str, data: bytes) -> list[str]:
+    import hashlib
+
+    digests = [hashlib.sha256(data).hexdigest()]
+    if key.endswith(".npz"):
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            if "images" in npz.files:
+                digests += [hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest() for a in npz["images"]]
+    elif key.rsplit(".", 1)[-1].lower() in ("png", "jpg", "jpeg", "pgm"):
+        with Image.open(io.BytesIO(data)) as img:
+            digests.append(hashlib.sha256(np.asarray(img).tobytes()).hexdigest())
+    return digests
+
+
+def revisions_of(settings: Any, model_id: str) -> list[Any]:
+    from app.db import session_scope
+    from app.models import RememberRevision
+
+    with session_scope(settings) as session:
+        return list(session.scalars(select(RememberRevision).where(RememberRevision.model_id == model_id)
+                                    .order_by(RememberRevision.revision)))
+
+
+def audit_rows(settings: Any, action: str) -> list[Any]:
+    from app.db import session_scope
+    from app.models import AuditLog
+
+    with session_scope(settings) as session:
+        return list(session.scalars(select(AuditLog).where(AuditLog.action == action).order_by(AuditLog.id)))
