@@ -7,7 +7,7 @@ else writes to stdout is sent to stderr, so that the channel stays clean). The f
 stay in memory, both keyed by the checkpoint's SHA-256; the statistics are also shared through the object
 store (worker/version_stats.py). It exits when stdin closes, i.e. when the API goes away.
 
-Request:  {"id", "model_id", "version", "sha256", "checkpoint_key", "remember_prefix", "image_size",
+Request:  {"id", "model_id", "version", "sha256", "checkpoint_key", "remember_keys", "image_size",
            "channels", "images": [{"path", "name", "counted"}], "delta", "epsilon"}
 Answer:   {"id", "ok": true, "verdict": taming.verify.Verdict as a dict, "stats_source", "seconds"}
        or {"id", "ok": false, "code", "message"}

@@ -70,12 +70,13 @@ def test_a_held_out_remember_set_is_stored_beside_the_remember_set(api: Api) -> 
     assert r.status_code == 201, r.text
     model_id = r.json()["id"]
     assert r.json()["remember_holdout"] is True
-    assert api.storage.list(f"remember_holdout/{model_id}/") == [f"remember_holdout/{model_id}/remember_holdout.npz"]
+    assert api.storage.list(f"remember/{model_id}/holdout/") == [f"remember/{model_id}/holdout/remember_holdout.npz"]
     assert api.register_model()["remember_holdout"] is False  # optional
     files[2] = ("remember_holdout", ("held.npz", b"PK\x03\x04 not a zip", "x"))
     r = api.client.post("/v1/models", headers=api.h("admin"), data={"name": "bad"}, files=files)
     assert r.status_code == 422 and "remember_holdout" in r.json()["error"]["message"]
-    assert api.storage.list("remember_holdout/") == [f"remember_holdout/{model_id}/remember_holdout.npz"]
+    held = [k for k in api.storage.list("remember/") if "/holdout/" in k]
+    assert held == [f"remember/{model_id}/holdout/remember_holdout.npz"]
 
 
 def test_verify_answers_a_verdict_per_image_and_for_the_set(api: Api) -> None:
@@ -94,7 +95,7 @@ def test_verify_answers_a_verdict_per_image_and_for_the_set(api: Api) -> None:
     sent = verifier.requests[0]
     assert (sent["version"], sent["delta"], sent["epsilon"]) == (1, 4.0, None)
     assert [i["counted"] for i in sent["images"]] == [True, False]
-    assert sent["remember_prefix"] == f"remember/{model['id']}/"
+    assert sent["remember_keys"] == api.storage.list(f"remember/{model['id']}/")
     assert not Path(sent["images"][0]["path"]).exists()  # the uploads' copies are gone once answered
 
 

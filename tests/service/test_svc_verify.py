@@ -60,10 +60,11 @@ def test_verify_service_caches_statistics_per_version(settings: Settings, tiny_m
 
     storage = get_storage(settings)
     storage.put_bytes("checkpoints/m/v1.safetensors", tiny_model["path"].read_bytes())
-    for p in sorted(tiny_model["remember"].iterdir()):
-        storage.put_bytes(f"remember/m/{p.name}", p.read_bytes())
+    keys = [f"remember/m/{p.name}" for p in sorted(tiny_model["remember"].iterdir())]
+    for key, p in zip(keys, sorted(tiny_model["remember"].iterdir()), strict=True):
+        storage.put_bytes(key, p.read_bytes())
     request = {"model_id": "m", "version": 1, "sha256": tiny_model["sha256"],
-               "checkpoint_key": "checkpoints/m/v1.safetensors", "remember_prefix": "remember/m/",
+               "checkpoint_key": "checkpoints/m/v1.safetensors", "remember_keys": keys,
                "image_size": SIZE, "channels": 1, "delta": 1.0, "epsilon": None,
                "images": [{"path": str(p), "name": p.name, "counted": True}
                           for p in sorted(tiny_model["query"].iterdir())[:3]]}

@@ -16,7 +16,8 @@ from app.db import session_scope
 from app.models import AuditLog
 
 STEP = 0.1  # seconds per fake iteration
-PARAMS = {"max_iterations": 40, "delta": 2.0}  # 4 s a job; 5 photos each, so two jobs never share a run
+# 4 s a job; 5 + 5 photos exceed the paper method's coalescing cap of 8, so two jobs never share a run
+PARAMS = {"method": "paper", "max_iterations": 40, "delta": 2.0}
 
 
 @pytest.fixture(params=["distributed", "embedded"])

@@ -14,6 +14,7 @@ import torch
 import worker_helpers as h
 from sqlalchemy import select, update
 
+from app import revisions
 from app.db import session_scope
 from app.models import AuditLog, Job, Model
 from app.storage import get_storage
@@ -222,9 +223,11 @@ def test_the_models_held_out_remember_set_reaches_the_run(stack: tuple[Any, str]
     settings, model_id = stack
     storage = get_storage(settings)
     with open(model_files["remember"], "rb") as f:
-        storage.put_file(f"remember_holdout/{model_id}/remember_holdout.npz", f)
+        held = revisions.put_registered(storage, model_id, revisions.REMEMBER_HOLDOUT, "holdout/held.npz", f)
     with session_scope(settings) as s:
-        s.get(Model, model_id).remember_holdout_prefix = f"remember_holdout/{model_id}/"
+        row = revisions.get_revision(s, model_id, 1)
+        assert row is not None
+        row.objects = [*row.objects, held]
     job_id = h.submit(settings, model_id, 30, PARAMS, enqueue=False)
     handle_doorbell(job_id, settings)
     assert h.job(settings, job_id).state == "succeeded"
