@@ -91,45 +91,16 @@ def give_up(session: Session, job: Job, message: str, actor: str, now: datetime,
     return True
 
 
-def sweep_once(session: Session, settings: Any, now: datetime | None = None) -> dict[str, list[str]]:
-    """One pass; returns the job ids it re-enqueued and failed, and the models it purged. Doorbells ring after
-    the commit."""
+def _rescue(session: Session, job: Job, now: datetime) -> None:
+    # Touch the heartbeat so that one rescue is sent per stale period, not one per sweep.
+    job.heartbeat_at = now
+    audit.record(session, ACTOR, "job.rescued", job.id, {"attempts": job.attempts, "run_id": job.run_id})
+
+
+def _after_commit(session: Session, settings: Any, rescued: list[str], failed: list[str]) -> None:
+    """Delete the given-up jobs' uploads and run files, and ring the rescued jobs' doorbells."""
     from app.queue import enqueue
     from app.storage import get_storage
-
-    t = Timings.from_settings(settings)
-    now = now or utcnow()
-    busy = _models_with_live_lease(session, now)
-    stale_cutoff = now - timedelta(seconds=t.stale_after_seconds)
-    queued_cutoff = now - timedelta(seconds=t.queued_stale_seconds)
-
-    stale = session.scalars(
-        select(Job).where(
-            Job.state == "running",
-            or_(Job.heartbeat_at < stale_cutoff, (Job.heartbeat_at.is_(None) & (Job.started_at < stale_cutoff))),
-        )
-    ).all()
-    waiting = session.scalars(select(Job).where(Job.state == "queued", Job.created_at < queued_cutoff)).all()
-
-    rescued: list[str] = []
-    failed: list[str] = []
-    for job in stale:
-        if job.model_id in busy:
-            continue
-        if job.attempts >= t.max_attempts:
-            message = (
-                f"The worker running this job stopped responding {job.attempts} times (crash, restart or "
-                f"lost machine); gave up after {t.max_attempts} attempts. The model was not changed."
-            )
-            if give_up(session, job, message, ACTOR, now, get_storage(settings)):
-                failed.append(job.id)
-            continue
-        # Touch the heartbeat so that one rescue is sent per stale period, not one per sweep.
-        job.heartbeat_at = now
-        audit.record(session, ACTOR, "job.rescued", job.id, {"attempts": job.attempts, "run_id": job.run_id})
-        rescued.append(job.id)
-    rescued += [job.id for job in waiting if job.model_id not in busy]
-    session.commit()
 
     if failed:
         storage = get_storage(settings)
@@ -144,6 +115,43 @@ def sweep_once(session: Session, settings: Any, now: datetime | None = None) -> 
             log.exception("could not re-enqueue job %s", job_id)
     if rescued or failed:
         log.info("sweep: re-enqueued %s, failed %s", rescued, failed)
+
+
+def sweep_once(session: Session, settings: Any, now: datetime | None = None) -> dict[str, list[str]]:
+    """One pass; returns the job ids it re-enqueued and failed, and the models it purged. Doorbells ring after
+    the commit."""
+    from app.storage import get_storage
+
+    t = Timings.from_settings(settings)
+    now = now or utcnow()
+    busy = _models_with_live_lease(session, now)
+    stale_cutoff = now - timedelta(seconds=t.stale_after_seconds)
+    queued_cutoff = now - timedelta(seconds=t.queued_stale_seconds)
+    stale = session.scalars(
+        select(Job).where(
+            Job.state == "running",
+            or_(Job.heartbeat_at < stale_cutoff, (Job.heartbeat_at.is_(None) & (Job.started_at < stale_cutoff))),
+        )
+    ).all()
+    waiting = session.scalars(select(Job).where(Job.state == "queued", Job.created_at < queued_cutoff)).all()
+    rescued: list[str] = []
+    failed: list[str] = []
+    for job in stale:
+        if job.model_id in busy:
+            continue
+        if job.attempts < t.max_attempts:
+            _rescue(session, job, now)
+            rescued.append(job.id)
+            continue
+        message = (
+            f"The worker running this job stopped responding {job.attempts} times (crash, restart or "
+            f"lost machine); gave up after {t.max_attempts} attempts. The model was not changed."
+        )
+        if give_up(session, job, message, ACTOR, now, get_storage(settings)):
+            failed.append(job.id)
+    rescued += [job.id for job in waiting if job.model_id not in busy]
+    session.commit()
+    _after_commit(session, settings, rescued, failed)
     purged = _purge_superseded(session, settings, busy)
     return {"enqueued": rescued, "failed": failed, "purged": purged}
 

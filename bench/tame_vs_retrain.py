@@ -49,6 +49,33 @@ class Reached(Exception):
     """Raised from the training callback once the target BPD is reached."""
 
 
+def retrain(base: Glow, images: torch.Tensor, remember: torch.Tensor, target: float,
+            max_steps: int) -> tuple[float, dict[str, float | None], bool]:
+    """Train a fresh model by the base model's recipe until its BPD on `remember` reaches `target`."""
+    n_bits = base.config.n_bits
+    torch.manual_seed(0)
+    fresh = Glow(base.config)
+    d_r_q = quantize(images, n_bits)
+    recipe = replace(TrainConfig(), steps=max_steps)
+    assert not recipe.cosine, "a longer cosine schedule would not be the same recipe"
+    started = time.perf_counter()
+    reached: dict[str, float | None] = {"step": None, "bpd": float("nan")}
+
+    def on_step(step: object, _state: object) -> None:
+        if step.step % 100 == 0:  # type: ignore[attr-defined]
+            bpd = float(mean_bpd(fresh, remember, n_bits, draws=1).mean())
+            reached.update(step=step.step, bpd=bpd)  # type: ignore[attr-defined]
+            if bpd <= target:
+                raise Reached
+
+    try:
+        train(fresh, d_r_q, recipe, on_step=on_step)
+        capped = True
+    except Reached:
+        capped = False
+    return time.perf_counter() - started, reached, capped
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", choices=["att", "lfw"], default="att")
@@ -83,29 +110,9 @@ def main() -> None:
     print(f"erasure ({args.method}): {erasure_s:.1f} s wall, of which the taming run {tame_s:.1f} s "
           f"({result.iterations} iterations, criterion met {result.criterion_met}); BPD(D_R) after {target:.4f}")
 
-    torch.manual_seed(0)
-    fresh = Glow(base.config)
-    d_r_q = quantize(d_r.images, base.config.n_bits)
-    recipe = replace(TrainConfig(), steps=args.max_steps)
-    assert not recipe.cosine, "a longer cosine schedule would not be the same recipe"
-    started = time.perf_counter()
-    reached = {"step": None, "bpd": float("nan")}
-
-    def on_step(step: object, _state: object) -> None:
-        if step.step % 100 == 0:  # type: ignore[attr-defined]
-            bpd = float(mean_bpd(fresh, remember, base.config.n_bits, draws=1).mean())
-            reached.update(step=step.step, bpd=bpd)  # type: ignore[attr-defined]
-            if bpd <= target:
-                raise Reached
-
-    try:
-        train(fresh, d_r_q, recipe, on_step=on_step)
-        capped = True
-    except Reached:
-        capped = False
-    retrain_s = time.perf_counter() - started
+    retrain_s, reached, capped = retrain(base, d_r.images, remember, target, args.max_steps)
     more = "more than " if capped else ""
-    print(f"retrain: {more}{retrain_s:.1f} s ({reached['step']} steps, at most {recipe.steps}; "
+    print(f"retrain: {more}{retrain_s:.1f} s ({reached['step']} steps, at most {args.max_steps}; "
           f"BPD(D_R) {reached['bpd']:.4f})")
     print(f"retrain / whole erasure = {more}{retrain_s / erasure_s:.1f}x")
     print(f"retrain / tame = {more}{retrain_s / tame_s:.1f}x")

@@ -115,6 +115,24 @@ def _reference_for(name: str, present: list[str], reference_key: str, holdout_re
     return reference_key
 
 
+def _measure(base: nn.Module, tamed: nn.Module, images: Tensor, n_bits: int, draws: int, seed: int,
+             batch_size: int, base_cache: BaseCache | None) -> tuple[Tensor, Tensor]:
+    """(bpd under base, bpd under tamed) of one set, subsampled and with fewer draws when large."""
+    images = _subsample(images, MAX_REFERENCE, seed)
+    keys = image_keys(images)
+    k = draws if len(images) <= LARGE_SET else min(draws, LARGE_SET_DRAWS)
+    before = (base_cache.mean_bpd(base, images, keys, n_bits, k, seed, batch_size) if base_cache is not None
+              else mean_bpd(base, images, n_bits, k, seed, keys=keys, batch_size=batch_size))
+    return before, mean_bpd(tamed, images, n_bits, k, seed, keys=keys, batch_size=batch_size)
+
+
+def _per_image(bpd: tuple[Tensor, Tensor], ref: dict[str, dict[str, Any]]) -> dict[str, Tensor]:
+    before, after = bpd
+    return {"bpd_before": before, "bpd_after": after,
+            "quantile_before": quantiles(before, ref["base"]["mu"], ref["base"]["sigma"]),
+            "quantile_after": quantiles(after, ref["tamed"]["mu"], ref["tamed"]["sigma"])}
+
+
 def evaluate_sets(
     base: nn.Module,
     tamed: nn.Module,
@@ -153,31 +171,16 @@ def evaluate_sets(
         raise ValueError(f"the reference set {reference_key!r} is missing or empty")
     bpd: dict[str, tuple[Tensor, Tensor]] = dict(measured or {})
     for name in names:
-        if name in bpd:
-            continue
-        images = _subsample(sets[name], MAX_REFERENCE, seed)
-        keys = image_keys(images)
-        k = draws if len(images) <= LARGE_SET else min(draws, LARGE_SET_DRAWS)
-        before = (base_cache.mean_bpd(base, images, keys, n_bits, k, seed, batch_size) if base_cache is not None
-                  else mean_bpd(base, images, n_bits, k, seed, keys=keys, batch_size=batch_size))
-        bpd[name] = (before, mean_bpd(tamed, images, n_bits, k, seed, keys=keys, batch_size=batch_size))
+        if name not in bpd:
+            bpd[name] = _measure(base, tamed, sets[name], n_bits, draws, seed, batch_size, base_cache)
     ref_keys = {_reference_for(n, names, reference_key, holdout_reference_key) for n in names}
     reference = {
         key: {"base": _reference_stats(bpd[key][0], key), "tamed": _reference_stats(bpd[key][1], key)}
         for key in ref_keys
     }
-    per_image: dict[str, dict[str, Tensor]] = {}
-    for name in names:
-        ref = reference[_reference_for(name, names, reference_key, holdout_reference_key)]
-        before, after = bpd[name]
-        per_image[name] = {
-            "bpd_before": before,
-            "bpd_after": after,
-            "quantile_before": quantiles(before, ref["base"]["mu"], ref["base"]["sigma"]),
-            "quantile_after": quantiles(after, ref["tamed"]["mu"], ref["tamed"]["sigma"]),
-        }
-    metrics = _summarise(per_image, sigma_r, reference_key, reference[reference_key]["tamed"])
     reference_of = {n: _reference_for(n, names, reference_key, holdout_reference_key) for n in names}
+    per_image = {name: _per_image(bpd[name], reference[reference_of[name]]) for name in names}
+    metrics = _summarise(per_image, sigma_r, reference_key, reference[reference_key]["tamed"])
     return {"metrics": metrics, "per_image": per_image, "reference": reference, "reference_of": reference_of,
             "bpd": bpd}
 

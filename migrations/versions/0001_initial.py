@@ -15,6 +15,12 @@ depends_on = None
 
 
 def upgrade() -> None:
+    _keys_and_models()
+    _jobs()
+    _audit_log()
+
+
+def _keys_and_models() -> None:
     op.create_table(
         "api_keys",
         sa.Column("id", sa.String(32), primary_key=True),
@@ -54,6 +60,9 @@ def upgrade() -> None:
         sa.UniqueConstraint("model_id", "parent", name="uq_model_versions_parent"),
     )
     op.create_index("ix_model_versions_model_id", "model_versions", ["model_id"])
+
+
+def _jobs() -> None:
     op.create_table(
         "jobs",
         sa.Column("id", sa.String(32), primary_key=True),
@@ -83,6 +92,9 @@ def upgrade() -> None:
     )
     for column in ("state", "model_id", "submitted_by", "created_at"):
         op.create_index(f"ix_jobs_{column}", "jobs", [column])
+
+
+def _audit_log() -> None:
     op.create_table(
         "audit_log",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
