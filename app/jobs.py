@@ -43,6 +43,10 @@ class Submission:
     files: dict[str, list[UploadFile]] = field(default_factory=dict)
 
 
+# The `parameters` form field is a JSON string: its schema goes into the OpenAPI document as contentSchema.
+PARAMETERS_SCHEMA = {"contentMediaType": "application/json", "contentSchema": JobParameters.model_json_schema()}
+
+
 def parse_parameters(text: str | None) -> JobParameters:
     try:
         return JobParameters.model_validate_json(text or "{}")

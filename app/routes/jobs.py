@@ -25,7 +25,9 @@ def submit_job(
     kind: Annotated[Literal["forget_identity", "rebalance_attribute"], Form()],
     model_id: Annotated[str, Form(max_length=64)],
     subject_ref: Annotated[str, Form(min_length=1, max_length=200)],
-    parameters: Annotated[str | None, Form(description="JSON object: delta, epsilon, alpha, …")] = None,
+    parameters: Annotated[str | None, Form(description="JSON object: delta, epsilon, alpha, … (finite numbers in "
+                                           "the ranges of contentSchema)",
+                                           json_schema_extra=jobs.PARAMETERS_SCHEMA)] = None,
     callback_url: Annotated[str | None, Form(max_length=2000)] = None,
     forget: Files = None, holdout: Files = None, positive: Files = None, negative: Files = None,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,

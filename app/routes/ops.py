@@ -24,8 +24,10 @@ def verify_images(
     model_id: Annotated[str, Form(max_length=64)],
     images: Annotated[list[UploadFile], File()],
     version: Annotated[int | None, Form(ge=1, description="default: the model's current version")] = None,
-    delta: Annotated[float, Form(ge=-100, le=100, description="threshold t = μ_R + δ·σ_R (not 0)")] = 4.0,
-    epsilon: Annotated[float | None, Form(gt=0, le=100, description="tolerance on d; default 0.15·|δ|")] = None,
+    delta: Annotated[float, Form(ge=-100, le=100, allow_inf_nan=False,
+                                 description="threshold t = μ_R + δ·σ_R (not 0)")] = 4.0,
+    epsilon: Annotated[float | None, Form(gt=0, le=100, allow_inf_nan=False,
+                                          description="tolerance on d; default 0.15·|δ|")] = None,
 ) -> VerifyOut:
     """Each image's likelihood quantile and distance to the version's threshold, and the verdict for the set."""
     return verify.verify(session, storage, settings, verifier, model_id, version, images, delta, epsilon)
