@@ -18,9 +18,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import audit
-from app.db import SessionDep
+from app.db import new_session
 from app.errors import ApiError, not_found
 from app.models import ROLES, ApiKey, Job
+from app.settings import Settings
 
 KEY_PREFIX = "tk_"
 
@@ -51,20 +52,34 @@ KEY_CACHE_SECONDS = 5.0
 _recent_keys: dict[str, tuple[float, ApiKey]] = {}
 
 
-def current_key(request: Request, session: SessionDep) -> ApiKey:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+def authenticate(settings: Settings, authorization: str) -> ApiKey:
+    """The key an `Authorization: Bearer …` header names, or a 401.
+
+    Its own short session: the request's session (if any) is not opened for it, so no database connection
+    is held for the life of a long request (an event stream, a large upload) just to have checked the key.
+    """
+    scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise _unauthorized("send 'Authorization: Bearer <api key>'")
     digest = hash_key(token.strip())
     cached = _recent_keys.get(digest)
     if cached is not None and cached[0] > time.monotonic():
         return cached[1]
-    key = session.scalars(select(ApiKey).where(ApiKey.key_hash == digest)).first()
-    if key is None or key.revoked_at is not None:
-        raise _unauthorized("unknown or revoked API key")
-    session.expunge(key)  # shared across requests and threads: a plain, detached row
+    with new_session(settings) as session:
+        key = session.scalars(select(ApiKey).where(ApiKey.key_hash == digest)).first()
+        if key is None or key.revoked_at is not None:
+            raise _unauthorized("unknown or revoked API key")
+        session.expunge(key)  # shared across requests and threads: a plain, detached row
     _recent_keys[digest] = (time.monotonic() + KEY_CACHE_SECONDS, key)
     return key
+
+
+def current_key(request: Request) -> ApiKey:
+    """The request's key: the one app.auth_gate checked before the body was read, else checked now."""
+    key = getattr(request.state, "api_key", None)
+    if isinstance(key, ApiKey):
+        return key
+    return authenticate(request.app.state.settings, request.headers.get("authorization", ""))
 
 
 CurrentKey = Annotated[ApiKey, Depends(current_key)]

@@ -93,8 +93,6 @@ def get_report_html(job_id: str, key: CurrentKey, session: SessionDep, storage: 
 
 
 @router.get("/{job_id}/events", response_class=StreamingResponse)
-def job_events(job_id: str, request: Request, key: CurrentKey, session: SessionDep) -> Response:
+def job_events(job_id: str, request: Request, key: CurrentKey) -> Response:
     """Server-sent events: the job's state and progress whenever they change, until it ends."""
-    job = visible_job(session, key, job_id)
-    return StreamingResponse(events.stream(request, job.id), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return events.response(request, key, job_id)
