@@ -7,6 +7,7 @@ under another module name and re-exports its fixtures; the svc_* helpers come on
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 _SERVICE = Path(__file__).parents[1] / "service" / "conftest.py"
@@ -22,3 +23,15 @@ redis_url = _service.redis_url
 distributed = _service.distributed
 dist_api = _service.dist_api
 unavailable = _service.unavailable
+
+# The worker tests' tiny model and embedded stack (tests/worker/conftest.py), for the isolation tests; its
+# helper modules (worker_helpers, fake_pipeline) come onto sys.path with it.
+_WORKER = Path(__file__).parents[1] / "worker"
+sys.path.insert(0, str(_WORKER))
+_wspec = importlib.util.spec_from_file_location("worker_conftest", _WORKER / "conftest.py")
+assert _wspec is not None and _wspec.loader is not None
+_worker = importlib.util.module_from_spec(_wspec)
+_wspec.loader.exec_module(_worker)
+
+model_files = _worker.model_files
+embedded = _worker.embedded
