@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from taming.data import DataError, FaceSet, load_faces
 from taming.precision import Precision
 from taming.requests import RequestProblem, request_problem
 from taming.tame import TamingError
-from worker import finish, remember_sets
+from worker import finish, remember_sets, run_folders
 from worker.finish import LeaseLost, RunCancelled, RunTimeLimit
 from worker.monitor import RunMonitor
 from worker.progress import Goal, PhaseClock, previous_phase_seconds
@@ -206,8 +205,7 @@ def execute(batch: Batch, settings: Any, t: Timings, owner: str) -> None:
     """Run one batch to its outcome (succeeded, failed, cancelled, or left for a retry)."""
     storage = get_storage(settings)
     clock = PhaseClock()  # from now on the run is loading
-    with tempfile.TemporaryDirectory(prefix=f"taming-run-{batch.run_id[:8]}-") as tmp_name:
-        tmp = Path(tmp_name)
+    with run_folders.run_folder(batch.run_id) as tmp:  # removed after the attempt; a crash's by the next start
         inputs = _read_rows(batch, settings)
         if inputs is None:
             finish.fail(batch, settings, t, f"Model version {batch.base_version} to start from is missing.")
