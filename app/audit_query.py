@@ -49,8 +49,8 @@ def _encode(row_id: int) -> str:
 def _decode(cursor: str) -> int:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not text.startswith("a"):
-            raise ValueError(cursor)
+        if not text.startswith("a") or not text[1:].isdigit() or not 0 < int(text[1:]) <= 2**31 - 1:
+            raise ValueError(cursor)  # an id of the integer column, or no cursor of ours
         return int(text[1:])
     except (ValueError, UnicodeDecodeError):
         raise ApiError(422, "invalid_cursor", "cursor is not one this API handed out") from None

@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,15 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "validation_error", f"{where}: {first['msg']}", problems)
 
 
+async def _database_refused(_request: Request, exc: Exception) -> JSONResponse:
+    # The database's "invalid data" class (a NUL byte in text, a number out of its column's range): a value
+    # that got past validation. Its transaction is rolled back with the request's session; the caller hears
+    # which kind of input it was, never the driver's message (it names tables and server internals).
+    log.warning("database refused a value: %s", str(getattr(exc, "orig", exc))[:300])
+    return error_response(422, "invalid_value", "a value in the request cannot be stored (a NUL byte, or a number "
+                          "out of range)")
+
+
 async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return error_response(500, "internal_error", "internal error (logged on the server)")
@@ -80,6 +90,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(DataError, _database_refused)
     app.add_exception_handler(Exception, _unexpected)
 
 

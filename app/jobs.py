@@ -10,6 +10,7 @@ import base64
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -148,12 +149,17 @@ def _encode_cursor(job: Job) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+_JOB_ID = re.compile(r"[0-9a-f]{1,32}")
+
+
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created, job_id = json.loads(raw)
-        return datetime.fromisoformat(created), str(job_id)
-    except (ValueError, TypeError):
+        if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
+            raise ValueError(job_id)  # ids are hex: anything else (a NUL byte, say) is no cursor of ours
+        return datetime.fromisoformat(created), job_id
+    except (ValueError, TypeError, RecursionError):
         raise ApiError(422, "invalid_cursor", "cursor is not one this API handed out") from None
 
 

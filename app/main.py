@@ -12,6 +12,7 @@ from PIL import Image
 
 from app import errors, jobs, migrate
 from app.db import new_session
+from app.input_guard import InputGuard
 from app.limits import BodyLimit
 from app.metrics import Metrics
 from app.routes import audit as audit_routes
@@ -83,6 +84,7 @@ def create_app(settings: Settings | None = None, enqueue: jobs.Enqueue | None = 
     app.state.verifier = Verifier(settings)
     errors.install(app)
     app.add_middleware(BodyLimit, settings=settings)
+    app.add_middleware(InputGuard)
     app.add_middleware(Metrics)
     for router in (job_routes.router, model_routes.router, ops_routes.router, audit_routes.router,
                    dashboard_routes.router, webhook_routes.router):

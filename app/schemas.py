@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal, cast
+from typing import Annotated, Any, Literal, cast
 
+from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.gdpr import due_date
@@ -14,6 +15,13 @@ from rules.method import DEFAULT_METHOD, knobs
 # The names of rules/method.py METHODS (a test checks they agree).
 MethodName = Literal["paper", "discrete", "converge", "specific", "improved"]
 
+
+# Text fields of forms: no NUL byte (PostgreSQL cannot store one in text; it would be an error, not an answer).
+TEXT_PATTERN = r"^[^\x00]*$"
+# Version numbers in paths and forms: the database's integer column.
+MAX_VERSION = 2**31 - 1
+
+VersionPath = Annotated[int, Path(ge=1, le=MAX_VERSION, description="A version number of the model (1 is the base).")]
 
 # Bounds of every job parameter: finite numbers only (NaN and ±Infinity are refused), in ranges a run can use.
 DELTA_LIMIT = 100.0  # |δ| in σ_R units; the verify endpoint takes the same range

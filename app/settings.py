@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     max_model_request_bytes: int = Field(
         default=4 * 2**30, ge=1, description="Largest `POST /v1/models` body: a checkpoint plus its remember set."
     )
+    max_remember_bytes: int = Field(
+        default=2**30, ge=1, description="Largest remember set sent as one .npz, decompressed (bytes); a zip that "
+        "declares more is refused before it is read."
+    )
     max_pixels: int = Field(
         default=4096 * 4096, ge=1, description="Most pixels in one image (more is a decompression bomb)."
     )

@@ -12,7 +12,7 @@ from app.auth import CurrentKey, SubmitterKey, visible_job
 from app.db import SessionDep
 from app.deps import EnqueueDep, SettingsDep, StorageDep
 from app.errors import ERROR_RESPONSES, ApiError
-from app.schemas import JobList, JobOut
+from app.schemas import TEXT_PATTERN, JobList, JobOut
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 Files = Annotated[list[UploadFile] | None, File()]
@@ -23,12 +23,12 @@ def submit_job(
     response: Response, key: SubmitterKey, session: SessionDep, settings: SettingsDep, storage: StorageDep,
     enqueue: EnqueueDep,
     kind: Annotated[Literal["forget_identity", "rebalance_attribute"], Form()],
-    model_id: Annotated[str, Form(max_length=64)],
-    subject_ref: Annotated[str, Form(min_length=1, max_length=200)],
+    model_id: Annotated[str, Form(max_length=64, pattern=TEXT_PATTERN)],
+    subject_ref: Annotated[str, Form(min_length=1, max_length=200, pattern=TEXT_PATTERN)],
     parameters: Annotated[str | None, Form(description="JSON object: delta, epsilon, alpha, … (finite numbers in "
                                            "the ranges of contentSchema)",
                                            json_schema_extra=jobs.PARAMETERS_SCHEMA)] = None,
-    callback_url: Annotated[str | None, Form(max_length=2000)] = None,
+    callback_url: Annotated[str | None, Form(max_length=2000, pattern=TEXT_PATTERN)] = None,
     forget: Files = None, holdout: Files = None, positive: Files = None, negative: Files = None,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobOut:
