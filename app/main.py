@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from PIL import Image
 
 from app import errors, jobs, migrate
+from app.auth_gate import AuthGate
 from app.db import new_session
 from app.input_guard import InputGuard
 from app.limits import BodyLimit
@@ -83,7 +84,9 @@ def create_app(settings: Settings | None = None, enqueue: jobs.Enqueue | None = 
     app.state.broker_check = broker_check(settings)
     app.state.verifier = Verifier(settings)
     errors.install(app)
+    # outermost last: metrics see everything; NUL bytes and missing keys are refused before the body is read
     app.add_middleware(BodyLimit, settings=settings)
+    app.add_middleware(AuthGate, settings=settings)
     app.add_middleware(InputGuard)
     app.add_middleware(Metrics)
     for router in (job_routes.router, model_routes.router, ops_routes.router, audit_routes.router,

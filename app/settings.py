@@ -58,6 +58,10 @@ class Settings(BaseSettings):
         default=2**30, ge=1, description="Largest remember set sent as one .npz, decompressed (bytes); a zip that "
         "declares more is refused before it is read."
     )
+    body_timeout_seconds: float = Field(
+        default=30, gt=0, description="Longest wait for the next chunk of a request body before the request is "
+        "ended with 408 (a slow-sending client cannot hold a connection and its temp files)."
+    )
     max_pixels: int = Field(
         default=4096 * 4096, ge=1, description="Most pixels in one image (more is a decompression bomb)."
     )
