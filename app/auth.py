@@ -46,10 +46,16 @@ def _unauthorized(message: str) -> ApiError:
     return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
 
 
-# Keys seen in the last few seconds, by hash: a dashboard polling every second would otherwise pay one
-# query per request for the key. A key revoked in the database stops working within KEY_CACHE_SECONDS.
-KEY_CACHE_SECONDS = 5.0
+# Keys seen in the last moment, by hash: a dashboard polling every second would otherwise pay one query per
+# request for the key. A key revoked in the database stops working within Settings.key_cache_seconds (at
+# once in the process that revoked it: app/keys.py drops its entry).
+KEY_CACHE_MAX = 10_000  # entries; only accepted keys are cached, so this bounds memory, not attackers
 _recent_keys: dict[str, tuple[float, ApiKey]] = {}
+
+
+def forget_cached(key_hash: str) -> None:
+    """Drop a key from this process's cache (it was revoked)."""
+    _recent_keys.pop(key_hash, None)
 
 
 def authenticate(settings: Settings, authorization: str) -> ApiKey:
@@ -70,7 +76,10 @@ def authenticate(settings: Settings, authorization: str) -> ApiKey:
         if key is None or key.revoked_at is not None:
             raise _unauthorized("unknown or revoked API key")
         session.expunge(key)  # shared across requests and threads: a plain, detached row
-    _recent_keys[digest] = (time.monotonic() + KEY_CACHE_SECONDS, key)
+    if settings.key_cache_seconds > 0:
+        if len(_recent_keys) >= KEY_CACHE_MAX:
+            _recent_keys.clear()
+        _recent_keys[digest] = (time.monotonic() + settings.key_cache_seconds, key)
     return key
 
 

@@ -47,6 +47,40 @@ def keys_create(role: str, name: str) -> None:
     click.echo(f"webhook signing secret of this key (verifies its callbacks; shown once): {signing}", err=True)
 
 
+@keys.command("list")
+def keys_list() -> None:
+    """List every key: id, role, name, created, revoked (the keys themselves are never stored)."""
+    from app import keys as api_keys
+    from app import migrate
+    from app.db import session_scope
+
+    settings = get_settings()
+    migrate.upgrade(settings)
+    with session_scope(settings) as session:
+        for key in api_keys.list_keys(session).items:
+            revoked = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
+            click.echo(f"{key.id}  {key.role:<8}  {revoked:<24}  {key.created_at:%Y-%m-%d}  {key.name}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key by its id (see `taming keys list`); API processes refuse it within key_cache_seconds."""
+    from app import keys as api_keys
+    from app import migrate
+    from app.db import session_scope
+    from app.errors import ApiError
+
+    settings = get_settings()
+    migrate.upgrade(settings)
+    with session_scope(settings) as session:
+        try:
+            key = api_keys.revoke(session, key_id, "cli")
+        except ApiError as exc:
+            raise click.ClickException(exc.message) from None
+    click.echo(f"revoked {key.id} ({key.role}, {key.name})")
+
+
 @click.group()
 def audit() -> None:
     """Inspect the audit log."""

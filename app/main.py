@@ -19,6 +19,7 @@ from app.metrics import Metrics
 from app.routes import audit as audit_routes
 from app.routes import dashboard as dashboard_routes
 from app.routes import jobs as job_routes
+from app.routes import keys as key_routes
 from app.routes import models as model_routes
 from app.routes import ops as ops_routes
 from app.routes import webhooks as webhook_routes
@@ -90,6 +91,6 @@ def create_app(settings: Settings | None = None, enqueue: jobs.Enqueue | None = 
     app.add_middleware(InputGuard)
     app.add_middleware(Metrics)
     for router in (job_routes.router, model_routes.router, ops_routes.router, audit_routes.router,
-                   dashboard_routes.router, webhook_routes.router):
+                   dashboard_routes.router, webhook_routes.router, key_routes.router):
         app.include_router(router)
     return app

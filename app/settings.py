@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, description="Port `taming serve` listens on.")
     api_url: str = Field(default="http://127.0.0.1:8000", description="Base URL the `taming submit` client talks to.")
     api_key: str | None = Field(default=None, description="API key the `taming submit` client sends.")
+    key_cache_seconds: float = Field(
+        default=1.0, ge=0, le=60, description="How long an API process trusts a key it has checked; a key revoked "
+        "elsewhere stops working within this time (at once in the process that revoked it). 0: no cache."
+    )
     max_file_bytes: int = Field(default=10 * 2**20, ge=1, description="Largest accepted image file (bytes).")
     max_files: int = Field(default=200, ge=1, description="Most image files in one job or verify request.")
     max_request_bytes: int = Field(default=200 * 2**20, ge=1, description="Largest request body (bytes).")
