@@ -87,16 +87,26 @@ def audit() -> None:
 
 
 @audit.command("verify")
-def audit_verify() -> None:
-    """Check the audit log's hash chain; exit 1 naming the first bad row."""
+@click.option("--head", "head_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A head pinned earlier (the JSON of GET /v1/audit/head): the chain must still reach it.")
+def audit_verify(head_file: Path | None) -> None:
+    """Check the audit log: hash chain, keyed MACs, and the heads kept outside the database; exit 1 naming
+    every problem, first one first."""
+    import json
+
     from sqlalchemy import func, select
 
     from app import audit as audit_log
+    from app.audit_anchor import Head
     from app.db import session_scope
     from app.models import AuditLog
 
+    pinned = None
+    if head_file is not None:
+        data = json.loads(head_file.read_text())
+        pinned = Head(int(data["id"]), str(data["hash"]), data.get("mac"))
     with session_scope(get_settings()) as session:
-        problems = audit_log.verify(session)
+        problems = audit_log.verify(session, pinned)
         count = session.scalar(select(func.count()).select_from(AuditLog))
     if problems:
         for problem in problems:

@@ -146,7 +146,10 @@ def erasures_between(session: Session, model_id: str, low: int, high: int) -> li
 
 
 def promote(session: Session, key: ApiKey, model: Model, version: int, req: PromoteRequest) -> Model:
+    """Make `version` current (audited); promoting the current, already promoted version changes nothing."""
     target = get_version(session, model.id, version)
+    if version == model.current_version and target.promoted:
+        return model  # a no-op adds no audit row
     undone = erasures_between(session, model.id, version, model.current_version)
     if undone and not (req.force and (req.reason or "").strip()):
         raise ApiError(409, "erasure_rollback", f"version {version} predates {len(undone)} erasure(s); "

@@ -98,6 +98,18 @@ class Settings(BaseSettings):
     webhook_poll_seconds: float = Field(default=1, gt=0, description="How often the delivery loop looks for due "
                                         "webhooks.")
     job_time_limit_seconds: int = Field(default=4 * 3600, ge=60, description="Longest a taming run may take.")
+    audit_key: str | None = Field(
+        default=None, min_length=32, description="Secret key of the audit log's MACs (app/audit_anchor.py); "
+        "kept out of the database. Unset: the file `audit_key_file`. Distributed mode: the same on every process."
+    )
+    audit_key_file: Path | None = Field(
+        default=None, description="File holding the audit MAC key (made on first use, mode 0600); empty: "
+        "`<var_dir>/audit.key`."
+    )
+    audit_head_file: Path | None = Field(
+        default=None, description="File outside the database where the audit chain's head (last id, hash, MAC) "
+        "is kept after every commit, to detect truncation; empty: `<var_dir>/audit.head`."
+    )
     require_promotion: bool = Field(
         default=False,
         description="Default for new models: a tamed version becomes current only when an admin promotes it.",
