@@ -17,7 +17,7 @@ from datetime import datetime
 
 from fastapi import UploadFile
 from pydantic import ValidationError
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -89,6 +89,17 @@ def _replay(session: Session, key: ApiKey, idem_key: str | None, digest: str) ->
     return job
 
 
+def check_quota(session: Session, key: ApiKey, settings: Settings) -> None:
+    """429 when this key already has `max_queued_jobs_per_key` jobs waiting or running."""
+    waiting = session.scalar(select(func.count()).select_from(Job).where(
+        Job.submitted_by == key.id, Job.state.in_(("queued", "running")))) or 0
+    if waiting >= settings.max_queued_jobs_per_key:
+        raise ApiError(429, "quota_exceeded", f"this key has {waiting} jobs queued or running; at most "
+                       f"{settings.max_queued_jobs_per_key} (submit again when one has ended)",
+                       {"limit": settings.max_queued_jobs_per_key, "waiting": waiting},
+                       headers={"Retry-After": "60"})
+
+
 def submit(session: Session, storage: Storage, settings: Settings, key: ApiKey, sub: Submission,
            idem_key: str | None) -> tuple[Job, bool]:
     """Validate everything, store the uploads, commit the job row; (job, replayed)."""
@@ -104,6 +115,7 @@ def submit(session: Session, storage: Storage, settings: Settings, key: ApiKey, 
     digest = request_hash(sub, hashes)
     if (earlier := _replay(session, key, idem_key, digest)) is not None:
         return earlier, True
+    check_quota(session, key, settings)  # after the replay: retrying a submission that went through is no new job
     incoming = uploads.inspect_all(groups, hashes, model.image_size, model.channels, settings)
     job_id = new_id()
     entries = uploads.store_all(storage, job_id, incoming)

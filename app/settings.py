@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     max_pixels: int = Field(
         default=4096 * 4096, ge=1, description="Most pixels in one image (more is a decompression bomb)."
     )
+    max_queued_jobs_per_key: int = Field(
+        default=20, ge=1, description="Most jobs one API key may have queued or running at once; more is 429."
+    )
     checkpoint_every: int = Field(default=20, ge=1, description="Iterations between saves of a job's resumable state.")
     heartbeat_seconds: float = Field(default=5, gt=0, description="How often a running job updates its heartbeat.")
     stale_after_seconds: float = Field(

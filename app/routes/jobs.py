@@ -11,14 +11,14 @@ from app import events, jobs
 from app.auth import CurrentKey, SubmitterKey, visible_job
 from app.db import SessionDep
 from app.deps import EnqueueDep, SettingsDep, StorageDep
-from app.errors import ERROR_RESPONSES, ApiError
+from app.errors import BODY_RESPONSES, ERROR_RESPONSES, QUOTA_RESPONSES, ApiError
 from app.schemas import TEXT_PATTERN, JobList, JobOut
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 Files = Annotated[list[UploadFile] | None, File()]
 
 
-@router.post("", status_code=202, response_model=JobOut)
+@router.post("", status_code=202, response_model=JobOut, responses={**BODY_RESPONSES, **QUOTA_RESPONSES})
 def submit_job(
     response: Response, key: SubmitterKey, session: SessionDep, settings: SettingsDep, storage: StorageDep,
     enqueue: EnqueueDep,

@@ -13,7 +13,7 @@ from app import lineage, registry
 from app.auth import AdminKey, CurrentKey, ReaderKey
 from app.db import SessionDep
 from app.deps import SettingsDep, StorageDep
-from app.errors import ERROR_RESPONSES
+from app.errors import BODY_RESPONSES, ERROR_RESPONSES
 from app.models import Model
 from app.schemas import TEXT_PATTERN, ModelList, ModelOut, PromoteRequest, VersionList, VersionOut, VersionPath
 from app.storage import LocalStorage
@@ -21,7 +21,7 @@ from app.storage import LocalStorage
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERROR_RESPONSES)
 
 
-@router.post("", status_code=201, response_model=ModelOut)
+@router.post("", status_code=201, response_model=ModelOut, responses=BODY_RESPONSES)
 def register_model(
     key: AdminKey, session: SessionDep, settings: SettingsDep, storage: StorageDep,
     name: Annotated[str, Form(min_length=1, max_length=200, pattern=TEXT_PATTERN)],

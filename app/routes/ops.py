@@ -12,13 +12,13 @@ from app import metrics, verify
 from app.auth import CurrentKey
 from app.db import SessionDep
 from app.deps import SettingsDep, StorageDep, VerifierDep
-from app.errors import ERROR_RESPONSES
+from app.errors import BODY_RESPONSES, ERROR_RESPONSES
 from app.schemas import MAX_VERSION, TEXT_PATTERN, Health, VerifyOut
 
 router = APIRouter()
 
 
-@router.post("/v1/verify", response_model=VerifyOut, tags=["verify"], responses=ERROR_RESPONSES)
+@router.post("/v1/verify", response_model=VerifyOut, tags=["verify"], responses={**ERROR_RESPONSES, **BODY_RESPONSES})
 def verify_images(
     _key: CurrentKey, session: SessionDep, settings: SettingsDep, storage: StorageDep, verifier: VerifierDep,
     model_id: Annotated[str, Form(max_length=64, pattern=TEXT_PATTERN)],
