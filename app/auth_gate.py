@@ -9,6 +9,7 @@ state (app.auth.current_key reads it there), so roles are still checked per rout
 from __future__ import annotations
 
 from starlette.concurrency import run_in_threadpool
+from starlette.routing import Match, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.auth import authenticate
@@ -19,12 +20,19 @@ PROTECTED = "/v1/"  # every route under it needs a key
 
 
 class AuthGate:
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings, router: Router) -> None:
         self.app = app
         self.settings = settings
+        self.router = router
+
+    def _guards(self, scope: Scope) -> bool:
+        """Whether a route under /v1/ takes this request (else the router answers 404 or 405 as usual)."""
+        if scope["type"] != "http" or not scope["path"].startswith(PROTECTED):
+            return False
+        return any(route.matches(scope)[0] == Match.FULL for route in self.router.routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(PROTECTED):
+        if not self._guards(scope):
             await self.app(scope, receive, send)
             return
         header = next((v for k, v in scope["headers"] if k == b"authorization"), b"").decode("latin-1")

@@ -87,7 +87,7 @@ def create_app(settings: Settings | None = None, enqueue: jobs.Enqueue | None = 
     errors.install(app)
     # outermost last: metrics see everything; NUL bytes and missing keys are refused before the body is read
     app.add_middleware(BodyLimit, settings=settings)
-    app.add_middleware(AuthGate, settings=settings)
+    app.add_middleware(AuthGate, settings=settings, router=app.router)
     app.add_middleware(InputGuard)
     app.add_middleware(Metrics)
     for router in (job_routes.router, model_routes.router, ops_routes.router, audit_routes.router,
