@@ -11,10 +11,11 @@ import base64
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel
-from sqlalchemy import Select, select
+from pydantic import BaseModel, Field
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
+from app import audit
 from app.errors import ApiError
 from app.models import ApiKey, AuditLog
 
@@ -36,6 +37,16 @@ class AuditList(BaseModel):
     next_cursor: str | None
 
 
+class AuditHead(BaseModel):
+    """The chain's last row: pin it (store it outside this service) and pass it to `taming audit verify --head`
+    later; a chain cut off or rewritten before it is then detected."""
+
+    id: int = Field(description="Id of the last row (0: the log is empty).")
+    hash: str = Field(description="Its chained hash.")
+    mac: str | None = Field(description="Its keyed MAC (HMAC-SHA256 under the server's audit key).")
+    rows: int
+
+
 class AuditVerdict(BaseModel):
     intact: bool
     rows: int
@@ -49,8 +60,8 @@ def _encode(row_id: int) -> str:
 def _decode(cursor: str) -> int:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not text.startswith("a"):
-            raise ValueError(cursor)
+        if not text.startswith("a") or not text[1:].isdigit() or not 0 < int(text[1:]) <= 2**31 - 1:
+            raise ValueError(cursor)  # an id of the integer column, or no cursor of ours
         return int(text[1:])
     except (ValueError, UnicodeDecodeError):
         raise ApiError(422, "invalid_cursor", "cursor is not one this API handed out") from None
@@ -83,3 +94,12 @@ def list_entries(session: Session, *, job_id: str | None, model_id: str | None, 
     items = [AuditEntry(id=r.id, at=r.at, actor=r.actor, actor_name=names.get(r.actor), action=r.action,
                         subject=r.subject, details=r.details or {}, hash=r.hash, prev_hash=r.prev_hash) for r in rows]
     return AuditList(items=items, next_cursor=_encode(rows[-1].id) if more and rows else None)
+
+
+def head_of(session: Session) -> AuditHead:
+    """What `GET /v1/audit/head` answers."""
+    head = audit.head(session)
+    rows = session.scalar(select(func.count()).select_from(AuditLog)) or 0
+    if head is None:
+        return AuditHead(id=0, hash=audit.GENESIS, mac=None, rows=0)
+    return AuditHead(id=head.id, hash=head.hash, mac=head.mac, rows=rows)

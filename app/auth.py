@@ -18,9 +18,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import audit
-from app.db import SessionDep
+from app.db import new_session
 from app.errors import ApiError, not_found
 from app.models import ROLES, ApiKey, Job
+from app.settings import Settings
 
 KEY_PREFIX = "tk_"
 
@@ -45,26 +46,49 @@ def _unauthorized(message: str) -> ApiError:
     return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
 
 
-# Keys seen in the last few seconds, by hash: a dashboard polling every second would otherwise pay one
-# query per request for the key. A key revoked in the database stops working within KEY_CACHE_SECONDS.
-KEY_CACHE_SECONDS = 5.0
+# Keys seen in the last moment, by hash: a dashboard polling every second would otherwise pay one query per
+# request for the key. A key revoked in the database stops working within Settings.key_cache_seconds (at
+# once in the process that revoked it: app/keys.py drops its entry).
+KEY_CACHE_MAX = 10_000  # entries; only accepted keys are cached, so this bounds memory, not attackers
 _recent_keys: dict[str, tuple[float, ApiKey]] = {}
 
 
-def current_key(request: Request, session: SessionDep) -> ApiKey:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+def forget_cached(key_hash: str) -> None:
+    """Drop a key from this process's cache (it was revoked)."""
+    _recent_keys.pop(key_hash, None)
+
+
+def authenticate(settings: Settings, authorization: str) -> ApiKey:
+    """The key an `Authorization: Bearer …` header names, or a 401.
+
+    Its own short session: the request's session (if any) is not opened for it, so no database connection
+    is held for the life of a long request (an event stream, a large upload) just to have checked the key.
+    """
+    scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise _unauthorized("send 'Authorization: Bearer <api key>'")
     digest = hash_key(token.strip())
     cached = _recent_keys.get(digest)
     if cached is not None and cached[0] > time.monotonic():
         return cached[1]
-    key = session.scalars(select(ApiKey).where(ApiKey.key_hash == digest)).first()
-    if key is None or key.revoked_at is not None:
-        raise _unauthorized("unknown or revoked API key")
-    session.expunge(key)  # shared across requests and threads: a plain, detached row
-    _recent_keys[digest] = (time.monotonic() + KEY_CACHE_SECONDS, key)
+    with new_session(settings) as session:
+        key = session.scalars(select(ApiKey).where(ApiKey.key_hash == digest)).first()
+        if key is None or key.revoked_at is not None:
+            raise _unauthorized("unknown or revoked API key")
+        session.expunge(key)  # shared across requests and threads: a plain, detached row
+    if settings.key_cache_seconds > 0:
+        if len(_recent_keys) >= KEY_CACHE_MAX:
+            _recent_keys.clear()
+        _recent_keys[digest] = (time.monotonic() + settings.key_cache_seconds, key)
     return key
+
+
+def current_key(request: Request) -> ApiKey:
+    """The request's key: the one app.auth_gate checked before the body was read, else checked now."""
+    key = getattr(request.state, "api_key", None)
+    if isinstance(key, ApiKey):
+        return key
+    return authenticate(request.app.state.settings, request.headers.get("authorization", ""))
 
 
 CurrentKey = Annotated[ApiKey, Depends(current_key)]

@@ -47,22 +47,66 @@ def keys_create(role: str, name: str) -> None:
     click.echo(f"webhook signing secret of this key (verifies its callbacks; shown once): {signing}", err=True)
 
 
+@keys.command("list")
+def keys_list() -> None:
+    """List every key: id, role, name, created, revoked (the keys themselves are never stored)."""
+    from app import keys as api_keys
+    from app import migrate
+    from app.db import session_scope
+
+    settings = get_settings()
+    migrate.upgrade(settings)
+    with session_scope(settings) as session:
+        for key in api_keys.list_keys(session).items:
+            revoked = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
+            click.echo(f"{key.id}  {key.role:<8}  {revoked:<24}  {key.created_at:%Y-%m-%d}  {key.name}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key by its id (see `taming keys list`); API processes refuse it within key_cache_seconds."""
+    from app import keys as api_keys
+    from app import migrate
+    from app.db import session_scope
+    from app.errors import ApiError
+
+    settings = get_settings()
+    migrate.upgrade(settings)
+    with session_scope(settings) as session:
+        try:
+            key = api_keys.revoke(session, key_id, "cli")
+        except ApiError as exc:
+            raise click.ClickException(exc.message) from None
+    click.echo(f"revoked {key.id} ({key.role}, {key.name})")
+
+
 @click.group()
 def audit() -> None:
     """Inspect the audit log."""
 
 
 @audit.command("verify")
-def audit_verify() -> None:
-    """Check the audit log's hash chain; exit 1 naming the first bad row."""
+@click.option("--head", "head_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A head pinned earlier (the JSON of GET /v1/audit/head): the chain must still reach it.")
+def audit_verify(head_file: Path | None) -> None:
+    """Check the audit log: hash chain, keyed MACs, and the heads kept outside the database; exit 1 naming
+    every problem, first one first."""
+    import json
+
     from sqlalchemy import func, select
 
     from app import audit as audit_log
+    from app.audit_anchor import Head
     from app.db import session_scope
     from app.models import AuditLog
 
+    pinned = None
+    if head_file is not None:
+        data = json.loads(head_file.read_text())
+        pinned = Head(int(data["id"]), str(data["hash"]), data.get("mac"))
     with session_scope(get_settings()) as session:
-        problems = audit_log.verify(session)
+        problems = audit_log.verify(session, pinned)
         count = session.scalar(select(func.count()).select_from(AuditLog))
     if problems:
         for problem in problems:

@@ -56,7 +56,10 @@ def _sessionmaker(url: str) -> sessionmaker[Session]:
 
 
 def new_session(settings: Settings | None = None) -> Session:
-    return _sessionmaker((settings or get_settings()).database_url)()
+    """A session on the settings' database; the settings ride along in session.info (the audit log's MAC key
+    and head storage come from them)."""
+    settings = settings or get_settings()
+    return _sessionmaker(settings.database_url)(info={"settings": settings})
 
 
 @contextmanager

@@ -13,13 +13,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
 
 _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-          405: "method_not_allowed", 409: "conflict", 413: "too_large", 415: "unsupported_media_type",
-          422: "invalid_request", 503: "unavailable"}
+          405: "method_not_allowed", 408: "request_timeout", 409: "conflict", 413: "too_large",
+          415: "unsupported_media_type", 422: "invalid_request", 429: "too_many_requests", 503: "unavailable"}
 
 
 class ApiError(Exception):
@@ -71,6 +72,15 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "validation_error", f"{where}: {first['msg']}", problems)
 
 
+async def _database_refused(_request: Request, exc: Exception) -> JSONResponse:
+    # The database's "invalid data" class (a NUL byte in text, a number out of its column's range): a value
+    # that got past validation. Its transaction is rolled back with the request's session; the caller hears
+    # which kind of input it was, never the driver's message (it names tables and server internals).
+    log.warning("database refused a value: %s", str(getattr(exc, "orig", exc))[:300])
+    return error_response(422, "invalid_value", "a value in the request cannot be stored (a NUL byte, or a number "
+                          "out of range)")
+
+
 async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return error_response(500, "internal_error", "internal error (logged on the server)")
@@ -80,6 +90,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(DataError, _database_refused)
     app.add_exception_handler(Exception, _unexpected)
 
 
@@ -88,3 +99,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for code, text in [(401, "missing or unknown API key"), (403, "role not allowed"), (404, "not found"),
                        (422, "invalid input")]
 }
+# Routes that take a body: it may be too large (413) or too slow to arrive (408).
+BODY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in [(408, "the body stopped arriving"), (413, "body, file or file count over its cap")]
+}
+QUOTA_RESPONSES: dict[int | str, dict[str, Any]] = {
+    429: {"model": ErrorResponse, "description": "quota exceeded (Retry-After says when to try again)"}}

@@ -10,13 +10,14 @@ import base64
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from fastapi import UploadFile
 from pydantic import ValidationError
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -41,6 +42,10 @@ class Submission:
     parameters: JobParameters
     callback_url: str | None
     files: dict[str, list[UploadFile]] = field(default_factory=dict)
+
+
+# The `parameters` form field is a JSON string: its schema goes into the OpenAPI document as contentSchema.
+PARAMETERS_SCHEMA = {"contentMediaType": "application/json", "contentSchema": JobParameters.model_json_schema()}
 
 
 def parse_parameters(text: str | None) -> JobParameters:
@@ -84,6 +89,17 @@ def _replay(session: Session, key: ApiKey, idem_key: str | None, digest: str) ->
     return job
 
 
+def check_quota(session: Session, key: ApiKey, settings: Settings) -> None:
+    """429 when this key already has `max_queued_jobs_per_key` jobs waiting or running."""
+    waiting = session.scalar(select(func.count()).select_from(Job).where(
+        Job.submitted_by == key.id, Job.state.in_(("queued", "running")))) or 0
+    if waiting >= settings.max_queued_jobs_per_key:
+        raise ApiError(429, "quota_exceeded", f"this key has {waiting} jobs queued or running; at most "
+                       f"{settings.max_queued_jobs_per_key} (submit again when one has ended)",
+                       {"limit": settings.max_queued_jobs_per_key, "waiting": waiting},
+                       headers={"Retry-After": "60"})
+
+
 def submit(session: Session, storage: Storage, settings: Settings, key: ApiKey, sub: Submission,
            idem_key: str | None) -> tuple[Job, bool]:
     """Validate everything, store the uploads, commit the job row; (job, replayed)."""
@@ -99,6 +115,7 @@ def submit(session: Session, storage: Storage, settings: Settings, key: ApiKey, 
     digest = request_hash(sub, hashes)
     if (earlier := _replay(session, key, idem_key, digest)) is not None:
         return earlier, True
+    check_quota(session, key, settings)  # after the replay: retrying a submission that went through is no new job
     incoming = uploads.inspect_all(groups, hashes, model.image_size, model.channels, settings)
     job_id = new_id()
     entries = uploads.store_all(storage, job_id, incoming)
@@ -144,12 +161,17 @@ def _encode_cursor(job: Job) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+_JOB_ID = re.compile(r"[0-9a-f]{1,32}")
+
+
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created, job_id = json.loads(raw)
-        return datetime.fromisoformat(created), str(job_id)
-    except (ValueError, TypeError):
+        if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
+            raise ValueError(job_id)  # ids are hex: anything else (a NUL byte, say) is no cursor of ours
+        return datetime.fromisoformat(created), job_id
+    except (ValueError, TypeError, RecursionError):
         raise ApiError(422, "invalid_cursor", "cursor is not one this API handed out") from None
 
 

@@ -1,10 +1,13 @@
 """Request body caps, enforced before and while the body streams in (an ASGI middleware).
 
 The declared Content-Length is checked first, so an honest oversize upload is refused before a byte is
-read; the bytes are also counted as they arrive, so a lying or chunked one is cut off at the cap.
+read; the bytes are also counted as they arrive, so a lying or chunked one is cut off at the cap. A client
+that stops sending mid-body is cut off too: each chunk must arrive within `body_timeout_seconds` (408).
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -16,6 +19,11 @@ from app.settings import Settings
 class BodyTooLarge(HTTPException):
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"request body larger than {limit} bytes")
+
+
+class BodyTimeout(HTTPException):
+    def __init__(self, seconds: float) -> None:
+        super().__init__(408, f"the request body did not arrive in time (no data for {seconds:g} s)")
 
 
 class BodyLimit:
@@ -39,15 +47,22 @@ class BodyLimit:
                                       {"limit": limit, "content_length": int(declared)})
             await response(scope, receive, send)
             return
-        seen = 0
+        seen, body_done = 0, False
+        timeout = self.settings.body_timeout_seconds
 
         async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, body_done
+            if body_done:  # after the body, receive() waits for a disconnect (a long event stream): no timeout
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), timeout)
+            except TimeoutError:
+                raise BodyTimeout(timeout) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
                     raise BodyTooLarge(limit)
+                body_done = not message.get("more_body", False)
             return message
 
         await self.app(scope, counted, send)

@@ -11,12 +11,15 @@ from fastapi import FastAPI
 from PIL import Image
 
 from app import errors, jobs, migrate
+from app.auth_gate import AuthGate
 from app.db import new_session
+from app.input_guard import InputGuard
 from app.limits import BodyLimit
 from app.metrics import Metrics
 from app.routes import audit as audit_routes
 from app.routes import dashboard as dashboard_routes
 from app.routes import jobs as job_routes
+from app.routes import keys as key_routes
 from app.routes import models as model_routes
 from app.routes import ops as ops_routes
 from app.routes import webhooks as webhook_routes
@@ -82,9 +85,12 @@ def create_app(settings: Settings | None = None, enqueue: jobs.Enqueue | None = 
     app.state.broker_check = broker_check(settings)
     app.state.verifier = Verifier(settings)
     errors.install(app)
+    # outermost last: metrics see everything; NUL bytes and missing keys are refused before the body is read
     app.add_middleware(BodyLimit, settings=settings)
+    app.add_middleware(AuthGate, settings=settings, router=app.router)
+    app.add_middleware(InputGuard)
     app.add_middleware(Metrics)
     for router in (job_routes.router, model_routes.router, ops_routes.router, audit_routes.router,
-                   dashboard_routes.router, webhook_routes.router):
+                   dashboard_routes.router, webhook_routes.router, key_routes.router):
         app.include_router(router)
     return app

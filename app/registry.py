@@ -10,7 +10,6 @@ revision (app/revisions.py).
 from __future__ import annotations
 
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import BinaryIO
 
@@ -18,7 +17,7 @@ from fastapi import UploadFile
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app import audit, lineage, revisions, uploads
+from app import audit, lineage, remember_npz, revisions, uploads
 from app.checkpoints import CheckpointInfo, CheckpointProblem, convert_rosinality, looks_like_safetensors, read_header
 from app.errors import ApiError, not_found
 from app.models import ApiKey, Model, ModelVersion, new_id
@@ -54,16 +53,6 @@ def open_checkpoint(checkpoint: UploadFile, args: UploadFile | None, workdir: Pa
         raise _checkpoint_problem(exc) from None
 
 
-def _check_npz(upload: UploadFile, field: str = "remember") -> None:
-    try:
-        with zipfile.ZipFile(upload.file) as zf:
-            if "images.npy" not in zf.namelist():
-                raise ApiError(422, "invalid_remember_set", f"the {field} .npz has no 'images' array")
-    except zipfile.BadZipFile:
-        raise ApiError(422, "invalid_remember_set", f"the {field} file is neither an image nor an .npz") from None
-    upload.file.seek(0)
-
-
 def _remember_items(remember: list[UploadFile], info: CheckpointInfo, settings: Settings,
                     field: str = "remember") -> list[tuple[str, UploadFile]]:
     """(storage name, upload) for a remember set (`field`): one .npz, or images that fit the model."""
@@ -72,7 +61,7 @@ def _remember_items(remember: list[UploadFile], info: CheckpointInfo, settings: 
     first = remember[0]
     first.file.seek(0)
     if len(remember) == 1 and first.file.read(4) == b"PK\x03\x04":
-        _check_npz(first, field)
+        remember_npz.check_npz(first.file, info.image_size, info.channels, settings.max_remember_bytes, field)
         return [(f"{field}.npz", first)]
     groups = {field: remember}
     incoming = uploads.inspect_all(groups, uploads.hash_all(groups), info.image_size, info.channels, settings)
@@ -157,7 +146,10 @@ def erasures_between(session: Session, model_id: str, low: int, high: int) -> li
 
 
 def promote(session: Session, key: ApiKey, model: Model, version: int, req: PromoteRequest) -> Model:
+    """Make `version` current (audited); promoting the current, already promoted version changes nothing."""
     target = get_version(session, model.id, version)
+    if version == model.current_version and target.promoted:
+        return model  # a no-op adds no audit row
     undone = erasures_between(session, model.id, version, model.current_version)
     if undone and not (req.force and (req.reason or "").strip()):
         raise ApiError(409, "erasure_rollback", f"version {version} predates {len(undone)} erasure(s); "

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal, cast
+from typing import Annotated, Any, Literal, cast
 
+from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.gdpr import due_date
@@ -15,25 +16,43 @@ from rules.method import DEFAULT_METHOD, knobs
 MethodName = Literal["paper", "discrete", "converge", "specific", "improved"]
 
 
+# Text fields of forms: no NUL byte (PostgreSQL cannot store one in text; it would be an error, not an answer).
+TEXT_PATTERN = r"^[^\x00]*$"
+# Version numbers in paths and forms: the database's integer column.
+MAX_VERSION = 2**31 - 1
+
+VersionPath = Annotated[int, Path(ge=1, le=MAX_VERSION, description="A version number of the model (1 is the base).")]
+
+# Bounds of every job parameter: finite numbers only (NaN and ±Infinity are refused), in ranges a run can use.
+DELTA_LIMIT = 100.0  # |δ| in σ_R units; the verify endpoint takes the same range
+EPSILON_LIMIT = 100.0
+SEED_MAX = 2**32 - 1  # every generator takes it, and OpenAPI (whose bounds are floats) states it exactly
+
+
+def _finite(description: str, *, ge: float | None = None, gt: float | None = None, le: float | None = None) -> Any:
+    """An optional float field that must be finite and within the bounds given."""
+    return Field(default=None, allow_inf_nan=False, description=description, ge=ge, gt=gt, le=le)
+
+
 class JobParameters(BaseModel):
     """The `parameters` JSON of `POST /v1/jobs`; an omitted field takes its method's value (rules/method.py), and
-    the job row keeps every value the run will use."""
+    the job row keeps every value the run will use. Every number must be finite and within its stated range."""
 
     model_config = ConfigDict(extra="forbid")
 
     method: MethodName = Field(default=cast(MethodName, DEFAULT_METHOD),
                                description="The taming method (README, 'The method, measured'); 'paper' is the "
                                "paper's Algorithm 1.")
-    delta: float | None = Field(default=None, description="Threshold δ in σ_R units above μ_R (negative: raise "
-                                "likelihood); default 4.")
-    epsilon: float | None = Field(default=None, gt=0, description="Tolerance ε on |d|; default 0.15·|δ|.")
-    alpha: float | None = Field(default=None, ge=0, le=1, description="Weight of the forget loss.")
-    gamma: float | None = Field(default=None, ge=0, le=1, description="Weight of the KL term in the remember loss.")
+    delta: float | None = _finite("Threshold δ in σ_R units above μ_R (negative: raise likelihood; not 0); "
+                                  "default 4.", ge=-DELTA_LIMIT, le=DELTA_LIMIT)
+    epsilon: float | None = _finite("Tolerance ε on |d|; default 0.15·|δ|.", gt=0, le=EPSILON_LIMIT)
+    alpha: float | None = _finite("Weight of the forget loss.", ge=0, le=1)
+    gamma: float | None = _finite("Weight of the KL term in the remember loss.", ge=0, le=1)
     max_iterations: int | None = Field(default=None, ge=1, le=100_000)
-    target_share: float | None = Field(default=None, ge=0, le=1, description="Rebalance: the attribute's target share.")
+    target_share: float | None = _finite("Rebalance: the attribute's target share.", ge=0, le=1)
     direction: Literal["decrease", "increase"] = "decrease"
-    lr: float | None = Field(default=None, gt=0, le=1)
-    seed: int = 0
+    lr: float | None = _finite("Learning rate.", gt=0, le=1)
+    seed: int = Field(default=0, ge=0, le=SEED_MAX, description="Seed of the run's random draws.")
     forget_loss: Literal["paper", "scale_free"] | None = None
 
     @model_validator(mode="after")

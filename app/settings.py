@@ -48,14 +48,29 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, description="Port `taming serve` listens on.")
     api_url: str = Field(default="http://127.0.0.1:8000", description="Base URL the `taming submit` client talks to.")
     api_key: str | None = Field(default=None, description="API key the `taming submit` client sends.")
+    key_cache_seconds: float = Field(
+        default=1.0, ge=0, le=60, description="How long an API process trusts a key it has checked; a key revoked "
+        "elsewhere stops working within this time (at once in the process that revoked it). 0: no cache."
+    )
     max_file_bytes: int = Field(default=10 * 2**20, ge=1, description="Largest accepted image file (bytes).")
     max_files: int = Field(default=200, ge=1, description="Most image files in one job or verify request.")
     max_request_bytes: int = Field(default=200 * 2**20, ge=1, description="Largest request body (bytes).")
     max_model_request_bytes: int = Field(
         default=4 * 2**30, ge=1, description="Largest `POST /v1/models` body: a checkpoint plus its remember set."
     )
+    max_remember_bytes: int = Field(
+        default=2**30, ge=1, description="Largest remember set sent as one .npz, decompressed (bytes); a zip that "
+        "declares more is refused before it is read."
+    )
+    body_timeout_seconds: float = Field(
+        default=30, gt=0, description="Longest wait for the next chunk of a request body before the request is "
+        "ended with 408 (a slow-sending client cannot hold a connection and its temp files)."
+    )
     max_pixels: int = Field(
         default=4096 * 4096, ge=1, description="Most pixels in one image (more is a decompression bomb)."
+    )
+    max_queued_jobs_per_key: int = Field(
+        default=20, ge=1, description="Most jobs one API key may have queued or running at once; more is 429."
     )
     checkpoint_every: int = Field(default=20, ge=1, description="Iterations between saves of a job's resumable state.")
     heartbeat_seconds: float = Field(default=5, gt=0, description="How often a running job updates its heartbeat.")
@@ -86,6 +101,18 @@ class Settings(BaseSettings):
     webhook_poll_seconds: float = Field(default=1, gt=0, description="How often the delivery loop looks for due "
                                         "webhooks.")
     job_time_limit_seconds: int = Field(default=4 * 3600, ge=60, description="Longest a taming run may take.")
+    audit_key: str | None = Field(
+        default=None, min_length=32, description="Secret key of the audit log's MACs (app/audit_anchor.py); "
+        "kept out of the database. Unset: the file `audit_key_file`. Distributed mode: the same on every process."
+    )
+    audit_key_file: Path | None = Field(
+        default=None, description="File holding the audit MAC key (made on first use, mode 0600); empty: "
+        "`<var_dir>/audit.key`."
+    )
+    audit_head_file: Path | None = Field(
+        default=None, description="File outside the database where the audit chain's head (last id, hash, MAC) "
+        "is kept after every commit, to detect truncation; empty: `<var_dir>/audit.head`."
+    )
     require_promotion: bool = Field(
         default=False,
         description="Default for new models: a tamed version becomes current only when an admin promotes it.",

@@ -19,6 +19,7 @@ from app.settings import Settings
 from app.storage import Storage
 
 CHUNK = 1 << 20
+MAX_NAME = 255  # characters of an upload's file name (it is stored, and shown in reports)
 
 
 @dataclass
@@ -58,6 +59,9 @@ def check_caps(groups: dict[str, list[UploadFile]], settings: Settings) -> None:
                        {"limit": settings.max_files, "count": total})
     for field, files in groups.items():
         for i, upload in enumerate(files):
+            if "\x00" in (upload.filename or "") or len(upload.filename or "") > MAX_NAME:
+                raise ApiError(422, "invalid_file_name", f"{field}[{i}]: a file name must not contain a NUL byte "
+                               f"or exceed {MAX_NAME} characters", {"field": field, "index": i})
             size = file_size(upload.file)
             if size > settings.max_file_bytes:
                 raise ApiError(413, "file_too_large",

@@ -33,7 +33,7 @@ from taming.glow import Glow
 from taming.measure import probe_samples
 from taming.precision import Precision
 from taming.report import render_html
-from taming.requests import Planned, Rebalance, Request
+from taming.requests import Planned, Rebalance, Request, RequestProblem, request_problem
 from taming.run_report import RunContext, Stages, report_for
 from taming.tame import StepInfo, TameConfig, tame
 
@@ -76,7 +76,7 @@ def run_requests(
     on_phase(name) hears each phase as it starts: loading, features, taming, confirming (and back to taming
     when a stop is not confirmed), evaluating, reporting.
     precision: how the run computes (taming.precision); None: strict fp32.
-    Raises DataError when no forget image carries an identity.
+    Raises RequestProblem (a DataError naming the request) when one request's images carry no identity.
     """
     started, stages = time.perf_counter(), Stages()
     phase = on_phase or (lambda _name: None)
@@ -142,9 +142,15 @@ def _others(remember: FaceSet, remember_holdout: FaceSet | None, unseen: FaceSet
 
 
 def _plan(requests: list[Request]) -> tuple[list[Planned], Tensor]:
-    """Screen every request's images (DESIGN.md section 4, step 9) and stack the included ones as D_F."""
+    """Screen every request's images (DESIGN.md section 4, step 9) and stack the included ones as D_F.
+
+    A request none of whose images carries an identity raises RequestProblem naming it, before any step:
+    it must fail alone, not leave a request with no rows in D_F for its report to trip over."""
     planned, chunks, start = [], [], 0
     for request in requests:
+        problem = request_problem(request)
+        if problem is not None:
+            raise RequestProblem(request.key, problem)
         reasons = screen(request.forget.images)
         keep = torch.tensor([r is None for r in reasons], dtype=torch.bool)
         chunks.append(request.forget.images[keep])

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from taming.data import FaceSet
+from taming.data import DataError, FaceSet, screen
 
 
 @dataclass
@@ -21,6 +21,26 @@ class Request:
     forget: FaceSet
     holdout: FaceSet | None = None
     meta: dict[str, Any] = field(default_factory=dict)  # the report's "job" section
+
+
+class RequestProblem(DataError):
+    """One request of a run cannot be served (its images, not the run's): it fails alone, the others go on."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def request_problem(request: Request) -> str | None:
+    """Why this request cannot join a run (none of its forget images carries an identity), or None."""
+    if len(request.forget) == 0:
+        return "no forget images"
+    reasons = screen(request.forget.images)
+    if all(r is not None for r in reasons):
+        first = next(r for r in reasons if r is not None)
+        return (f"none of its {len(reasons)} forget image(s) carries an identity (e.g. {request.forget.names[0]}: "
+                f"{first}); upload photos in which the person can be seen")
+    return None
 
 
 @dataclass

@@ -21,6 +21,7 @@ def start_worker(device: str | None = None, beat: bool = False, sweeper: bool = 
     """
     from app.settings import get_settings
     from app.sweeper import run_forever
+    from worker import run_folders
     from worker.celery_app import configure_worker
 
     settings = get_settings()
@@ -28,6 +29,7 @@ def start_worker(device: str | None = None, beat: bool = False, sweeper: bool = 
         settings = settings.model_copy(update={"device": device})
     app = configure_worker(settings)
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_folders.sweep()  # a killed attempt's photos must not outlive it
     stop = threading.Event()
     if sweeper:  # the webhook delivery loop goes where the sweeper goes: one place per deployment
         from app.webhook_delivery import run_forever as deliver

@@ -10,25 +10,27 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from sqlalchemy import select
 
 from app import job_reports, revisions
 from app.db import session_scope
 from app.models import TERMINAL_STATES, Job, Model, ModelVersion, RememberRevision
+from app.schemas import JobParameters
 from app.storage import Storage, get_storage
 from app.sweeper import Timings
 from taming import pipeline
 from taming.checkpoint import CheckpointError, file_sha256
 from taming.data import DataError, FaceSet, load_faces
 from taming.precision import Precision
+from taming.requests import RequestProblem, request_problem
 from taming.tame import TamingError
-from worker import finish, remember_sets
+from worker import finish, remember_sets, run_folders
 from worker.finish import LeaseLost, RunCancelled, RunTimeLimit
 from worker.monitor import RunMonitor
 from worker.progress import Goal, PhaseClock, previous_phase_seconds
@@ -59,6 +61,17 @@ def tame_config(parameters: dict[str, Any]) -> Any:
                          **{k: v for k, v in parameters.items() if k in known})
 
 
+def checked_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
+    """The job's parameters validated again (finite, in range: app.schemas.JobParameters) before any step, so
+    that a row written by an older API or edited by hand cannot start a run; DataError says which."""
+    try:
+        return JobParameters.model_validate(parameters).model_dump()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "parameters"
+        raise DataError(f"parameters: {where}: {first['msg']}") from None
+
+
 def fetch_remember(storage: Storage, model: Model, revision: RememberRevision | None,
                    folder: Path) -> remember_sets.Fetched:
     """The remember-set revision of the version the run starts from (everyone forgotten before is out of it):
@@ -80,9 +93,19 @@ def fetch_uploads(storage: Storage, job: Job, field: str, model: Model, folder: 
         path = target / f"{i:04d}{Path(item['key']).suffix}"
         storage.download(item["key"], path)
         original[path.name] = item.get("name") or path.name
-    faces = load_faces(target, model.image_size, model.channels)
+    try:
+        faces = load_faces(target, model.image_size, model.channels)
+    except DataError as exc:
+        raise DataError(_public(str(exc), target, original)) from None
     faces.names = [original.get(n, n) for n in faces.names]
     return faces
+
+
+def _public(message: str, folder: Path, names: dict[str, str]) -> str:
+    """A message about files in the run's temp folder, naming them as the caller did (no server paths)."""
+    for local, name in names.items():
+        message = message.replace(str(folder / local), name)
+    return message.replace(str(folder), "the upload")
 
 
 def _job_meta(job: Job, batch: Batch, resumed_from: int, key_name: str | None) -> dict[str, Any]:
@@ -137,7 +160,7 @@ def _fetch(inputs: _Inputs, batch: Batch, storage: Storage, tmp: Path) -> None:
     inputs.remember = fetched.sets[revisions.REMEMBER].faces
     held = fetched.sets.get(revisions.REMEMBER_HOLDOUT)
     inputs.remember_holdout = held.faces if held is not None else None
-    inputs.config = tame_config(inputs.jobs[0].parameters or {})
+    inputs.config = tame_config(checked_parameters(inputs.jobs[0].parameters or {}))
     if batch.resumed and storage.exists(f"runs/{batch.run_id}/state.pt"):
         storage.download(f"runs/{batch.run_id}/state.pt", tmp / "state.pt")
         inputs.resume_state = torch.load(tmp / "state.pt", weights_only=True, map_location="cpu")
@@ -165,7 +188,10 @@ def _request_for(job: Job, inputs: _Inputs, storage: Storage, tmp: Path) -> tupl
     if forget is None:
         raise DataError("no forget images were uploaded")
     holdout = fetch_uploads(storage, job, "holdout", model, tmp)
-    return pipeline.Request(key=job.id, forget=forget, holdout=holdout), rebalance
+    request = pipeline.Request(key=job.id, forget=forget, holdout=holdout)
+    if rebalance is None and (problem := request_problem(request)) is not None:
+        raise DataError(problem)
+    return request, rebalance
 
 
 def _goal(config: Any, rebalance: pipeline.Rebalance | None) -> Goal:
@@ -179,8 +205,7 @@ def execute(batch: Batch, settings: Any, t: Timings, owner: str) -> None:
     """Run one batch to its outcome (succeeded, failed, cancelled, or left for a retry)."""
     storage = get_storage(settings)
     clock = PhaseClock()  # from now on the run is loading
-    with tempfile.TemporaryDirectory(prefix=f"taming-run-{batch.run_id[:8]}-") as tmp_name:
-        tmp = Path(tmp_name)
+    with run_folders.run_folder(batch.run_id) as tmp:  # removed after the attempt; a crash's by the next start
         inputs = _read_rows(batch, settings)
         if inputs is None:
             finish.fail(batch, settings, t, f"Model version {batch.base_version} to start from is missing.")
@@ -196,7 +221,7 @@ def execute(batch: Batch, settings: Any, t: Timings, owner: str) -> None:
         for job in inputs.jobs:
             try:
                 request, job_rebalance = _request_for(job, inputs, storage, tmp)
-            except (DataError, KeyError) as exc:
+            except (DataError, KeyError, ValueError) as exc:
                 # One request with bad images must not sink the others of a coalesced run.
                 finish.fail_jobs(batch, settings, t, [job.id], f"Its images could not be used: {exc}")
                 continue
@@ -241,6 +266,9 @@ def _run(batch: Batch, settings: Any, t: Timings, owner: str, inputs: _Inputs, r
         return
     except RunTimeLimit as stop:
         finish.fail(batch, settings, t, str(stop))
+        return
+    except RequestProblem as exc:  # one request's images: it fails alone, the others run again without it
+        finish.fail_alone(batch, settings, t, exc.key, f"Its images could not be used: {exc}")
         return
     except (DataError, CheckpointError) as exc:
         finish.fail(batch, settings, t, f"The images or the model could not be used: {exc}")

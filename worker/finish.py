@@ -124,6 +124,17 @@ def _store_report(storage: Any, job_id: str, report: dict[str, Any], page: str, 
     return job_reports.store(storage, job_id, {**report, "outcome": outcome}, page)
 
 
+def _requeue_jobs(session: Any, batch: Any, job_ids: list[str], reason: str) -> None:
+    """Put these jobs of the run back in the queue, to run again without the ones that ended."""
+    for job_id in job_ids:
+        session.execute(
+            update(Job).where(Job.id == job_id, Job.state == "running")
+            .values(state="queued", run_id=None, base_version=None, progress={}, heartbeat_at=None)
+            .execution_options(synchronize_session=False)
+        )
+        audit.record(session, _actor(), "job.requeued", job_id, {"reason": reason, "run_id": batch.run_id})
+
+
 def cancel(batch: Any, settings: Any, t: Timings, cancelled_ids: list[str]) -> None:
     """End the cancelled jobs; the others of the run go back to the queue and re-run without them."""
     others = [j for j in batch.job_ids if j not in cancelled_ids]
@@ -131,15 +142,16 @@ def cancel(batch: Any, settings: Any, t: Timings, cancelled_ids: list[str]) -> N
         ended = _end_jobs(session, cancelled_ids, "cancelled")
         for job in ended:
             audit.record(session, _actor(), "job.cancelled", job.id, {"run_id": batch.run_id})
-        for job_id in others:
-            session.execute(
-                update(Job).where(Job.id == job_id, Job.state == "running")
-                .values(state="queued", run_id=None, base_version=None, progress={}, heartbeat_at=None)
-                .execution_options(synchronize_session=False)
-            )
-            audit.record(session, _actor(), "job.requeued", job_id,
-                         {"reason": "another job of its run was cancelled", "run_id": batch.run_id})
+        _requeue_jobs(session, batch, others, "another job of its run was cancelled")
     _delete_uploads(settings, ended)
+    cleanup_run(batch, settings)
+
+
+def fail_alone(batch: Any, settings: Any, t: Timings, job_id: str, message: str) -> None:
+    """One request of the run cannot be served: it fails with `message`; the others re-run without it."""
+    fail_jobs(batch, settings, t, [job_id], message)
+    with session_scope(settings) as session:
+        _requeue_jobs(session, batch, [j for j in batch.job_ids if j != job_id], "another job of its run failed alone")
     cleanup_run(batch, settings)
 
 
@@ -151,8 +163,9 @@ def retry_or_fail(batch: Any, settings: Any, t: Timings, exc: Exception) -> None
     """
     log.error("run %s failed unexpectedly", batch.run_id, exc_info=exc)
     if batch.attempts >= t.max_attempts:
-        fail(batch, settings, t, f"The run failed {batch.attempts} times with an internal error "
-                                 f"({type(exc).__name__}: {exc}); the model was not changed.")
+        # the error itself is in the worker's log and the audit log (job.error), not in the owner's message
+        fail(batch, settings, t, f"The run failed {batch.attempts} times with an internal error (run "
+                                 f"{batch.run_id}, logged by the worker); the model was not changed.")
         return
     with session_scope(settings) as session:
         for job_id in batch.job_ids:

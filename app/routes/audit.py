@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sqlalchemy import func, select
 
-from app import audit
-from app.audit_query import AuditList, AuditVerdict, list_entries
+from app import audit, audit_query
+from app.audit_query import AuditHead, AuditList, AuditVerdict, list_entries
 from app.auth import ReaderKey
 from app.db import SessionDep
 from app.errors import ERROR_RESPONSES
@@ -28,6 +28,12 @@ def list_audit(
 ) -> AuditList:
     """The audit log, newest first (auditor or admin); pass next_cursor to page on."""
     return list_entries(session, job_id=job_id, model_id=model_id, action=action, cursor=cursor, limit=limit)
+
+
+@router.get("/head", response_model=AuditHead)
+def audit_head(_key: ReaderKey, session: SessionDep) -> AuditHead:
+    """The chain's head (last id, hash, MAC) to pin outside the service (auditor or admin)."""
+    return audit_query.head_of(session)
 
 
 @router.get("/verify", response_model=AuditVerdict)

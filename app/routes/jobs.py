@@ -11,22 +11,24 @@ from app import events, jobs
 from app.auth import CurrentKey, SubmitterKey, visible_job
 from app.db import SessionDep
 from app.deps import EnqueueDep, SettingsDep, StorageDep
-from app.errors import ERROR_RESPONSES, ApiError
-from app.schemas import JobList, JobOut
+from app.errors import BODY_RESPONSES, ERROR_RESPONSES, QUOTA_RESPONSES, ApiError
+from app.schemas import TEXT_PATTERN, JobList, JobOut
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 Files = Annotated[list[UploadFile] | None, File()]
 
 
-@router.post("", status_code=202, response_model=JobOut)
+@router.post("", status_code=202, response_model=JobOut, responses={**BODY_RESPONSES, **QUOTA_RESPONSES})
 def submit_job(
     response: Response, key: SubmitterKey, session: SessionDep, settings: SettingsDep, storage: StorageDep,
     enqueue: EnqueueDep,
     kind: Annotated[Literal["forget_identity", "rebalance_attribute"], Form()],
-    model_id: Annotated[str, Form(max_length=64)],
-    subject_ref: Annotated[str, Form(min_length=1, max_length=200)],
-    parameters: Annotated[str | None, Form(description="JSON object: delta, epsilon, alpha, …")] = None,
-    callback_url: Annotated[str | None, Form(max_length=2000)] = None,
+    model_id: Annotated[str, Form(max_length=64, pattern=TEXT_PATTERN)],
+    subject_ref: Annotated[str, Form(min_length=1, max_length=200, pattern=TEXT_PATTERN)],
+    parameters: Annotated[str | None, Form(description="JSON object: delta, epsilon, alpha, … (finite numbers in "
+                                           "the ranges of contentSchema)",
+                                           json_schema_extra=jobs.PARAMETERS_SCHEMA)] = None,
+    callback_url: Annotated[str | None, Form(max_length=2000)] = None,  # app/ssrf.py refuses control characters
     forget: Files = None, holdout: Files = None, positive: Files = None, negative: Files = None,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobOut:
@@ -91,8 +93,6 @@ def get_report_html(job_id: str, key: CurrentKey, session: SessionDep, storage: 
 
 
 @router.get("/{job_id}/events", response_class=StreamingResponse)
-def job_events(job_id: str, request: Request, key: CurrentKey, session: SessionDep) -> Response:
+def job_events(job_id: str, request: Request, key: CurrentKey) -> Response:
     """Server-sent events: the job's state and progress whenever they change, until it ends."""
-    job = visible_job(session, key, job_id)
-    return StreamingResponse(events.stream(request, job.id), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return events.response(request, key, job_id)

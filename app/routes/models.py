@@ -13,18 +13,18 @@ from app import lineage, registry
 from app.auth import AdminKey, CurrentKey, ReaderKey
 from app.db import SessionDep
 from app.deps import SettingsDep, StorageDep
-from app.errors import ERROR_RESPONSES
+from app.errors import BODY_RESPONSES, ERROR_RESPONSES
 from app.models import Model
-from app.schemas import ModelList, ModelOut, PromoteRequest, VersionList, VersionOut
+from app.schemas import TEXT_PATTERN, ModelList, ModelOut, PromoteRequest, VersionList, VersionOut, VersionPath
 from app.storage import LocalStorage
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERROR_RESPONSES)
 
 
-@router.post("", status_code=201, response_model=ModelOut)
+@router.post("", status_code=201, response_model=ModelOut, responses=BODY_RESPONSES)
 def register_model(
     key: AdminKey, session: SessionDep, settings: SettingsDep, storage: StorageDep,
-    name: Annotated[str, Form(min_length=1, max_length=200)],
+    name: Annotated[str, Form(min_length=1, max_length=200, pattern=TEXT_PATTERN)],
     checkpoint: Annotated[UploadFile, File(description="taming-glow/1 safetensors, or a rosinality state_dict")],
     remember: Annotated[list[UploadFile], File(description="reference remember set: images or one .npz")],
     args: Annotated[UploadFile | None, File(description="args.json of a rosinality state_dict")] = None,
@@ -59,14 +59,14 @@ def list_versions(model_id: str, _key: CurrentKey, session: SessionDep) -> Versi
 
 
 @router.get("/{model_id}/versions/{version}", response_model=VersionOut)
-def get_version(model_id: str, version: int, _key: CurrentKey, session: SessionDep) -> VersionOut:
+def get_version(model_id: str, version: VersionPath, _key: CurrentKey, session: SessionDep) -> VersionOut:
     """One version's lineage: parent version, job, checkpoint SHA-256, and the erasures it carries."""
     return lineage.version_views(session, model_id, [registry.get_version(session, model_id, version)])[0]
 
 
 @router.get("/{model_id}/versions/{version}/checkpoint", response_class=Response,
             responses={200: {"content": {"application/octet-stream": {}}}, 307: {"description": "presigned URL"}})
-def download_checkpoint(model_id: str, version: int, _key: ReaderKey, session: SessionDep,
+def download_checkpoint(model_id: str, version: VersionPath, _key: ReaderKey, session: SessionDep,
                         storage: StorageDep, link: Annotated[bool, Query(description=(
                             "Answer `{\"url\"}` (the presigned URL on S3, else null) instead of redirecting: "
                             "for a browser, which cannot follow a redirect to another origin"))] = False) -> Response:
@@ -83,7 +83,7 @@ def download_checkpoint(model_id: str, version: int, _key: ReaderKey, session: S
 
 
 @router.post("/{model_id}/versions/{version}:promote", response_model=ModelOut)
-def promote_version(model_id: str, version: int, key: AdminKey, session: SessionDep,
+def promote_version(model_id: str, version: VersionPath, key: AdminKey, session: SessionDep,
                     req: Annotated[PromoteRequest | None, Body()] = None) -> ModelOut:
     """Make a version current (admin); going back past an erasure needs force and a reason."""
     model = registry.promote(session, key, registry.get_model(session, model_id), version, req or PromoteRequest())

@@ -12,20 +12,23 @@ from app import metrics, verify
 from app.auth import CurrentKey
 from app.db import SessionDep
 from app.deps import SettingsDep, StorageDep, VerifierDep
-from app.errors import ERROR_RESPONSES
-from app.schemas import Health, VerifyOut
+from app.errors import BODY_RESPONSES, ERROR_RESPONSES
+from app.schemas import MAX_VERSION, TEXT_PATTERN, Health, VerifyOut
 
 router = APIRouter()
 
 
-@router.post("/v1/verify", response_model=VerifyOut, tags=["verify"], responses=ERROR_RESPONSES)
+@router.post("/v1/verify", response_model=VerifyOut, tags=["verify"], responses={**ERROR_RESPONSES, **BODY_RESPONSES})
 def verify_images(
     _key: CurrentKey, session: SessionDep, settings: SettingsDep, storage: StorageDep, verifier: VerifierDep,
-    model_id: Annotated[str, Form(max_length=64)],
+    model_id: Annotated[str, Form(max_length=64, pattern=TEXT_PATTERN)],
     images: Annotated[list[UploadFile], File()],
-    version: Annotated[int | None, Form(ge=1, description="default: the model's current version")] = None,
-    delta: Annotated[float, Form(ge=-100, le=100, description="threshold t = μ_R + δ·σ_R (not 0)")] = 4.0,
-    epsilon: Annotated[float | None, Form(gt=0, le=100, description="tolerance on d; default 0.15·|δ|")] = None,
+    version: Annotated[int | None, Form(ge=1, le=MAX_VERSION,
+                                        description="default: the model's current version")] = None,
+    delta: Annotated[float, Form(ge=-100, le=100, allow_inf_nan=False,
+                                 description="threshold t = μ_R + δ·σ_R (not 0)")] = 4.0,
+    epsilon: Annotated[float | None, Form(gt=0, le=100, allow_inf_nan=False,
+                                          description="tolerance on d; default 0.15·|δ|")] = None,
 ) -> VerifyOut:
     """Each image's likelihood quantile and distance to the version's threshold, and the verdict for the set."""
     return verify.verify(session, storage, settings, verifier, model_id, version, images, delta, epsilon)

@@ -50,7 +50,7 @@ def test_npz_remember_set(api: Api) -> None:
     import numpy as np
 
     buf = io.BytesIO()
-    np.savez(buf, images=np.zeros((2, 1, 16, 16), dtype=np.uint8))
+    np.savez(buf, images=np.zeros((2, 16, 16), dtype=np.uint8))
     files = [("checkpoint", ("c", checkpoint(), "x")), ("remember", ("r.npz", buf.getvalue(), "x"))]
     r = api.client.post("/v1/models", headers=api.h("admin"), data={"name": "npz"}, files=files)
     assert r.status_code == 201, r.text
