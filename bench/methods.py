@@ -65,7 +65,7 @@ def _f(value: Any, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
-def row(person: str, method: str, report: dict[str, Any]) -> tuple[str, list[str]]:
+def row(person: str, method: str, report: dict[str, Any], unseen_bar: float = 0.01) -> tuple[str, list[str]]:
     m, stop = report["metrics"], report["stopping"]
     qd, mq, shift = m["quantile_drop"], m["mean_quantile"], m["bpd_shift_sigma"]
     cert, dl, gen = m["certificate"], m["discrete_likelihood"], m.get("generation")
@@ -80,12 +80,12 @@ def row(person: str, method: str, report: dict[str, Any]) -> tuple[str, list[str
              _f(shift.get("remember_holdout"), ".2f"), f"{qd['remember']:.4f}", _f(qd.get("remember_unseen"), ".4f"),
              _f(qd.get("remember_nearest"), ".4f"), f"{bpd_change:+.2%}", _f(rise, ".0%"), gen_cell,
              "—" if gen is None else f"{gen['others_max_change']:.3f}"]
-    return "| " + " | ".join(cells) + " |", misses(report, held, bpd_change, rise, gen)
+    return "| " + " | ".join(cells) + " |", misses(report, held, bpd_change, rise, gen, unseen_bar)
 
 
 def misses(report: dict[str, Any], held: float | None, bpd_change: float, rise: float | None,
            gen: dict[str, Any] | None, unseen_bar: float = 0.01) -> list[str]:
-    """The bars of issue 10 a run misses."""
+    """The bars of issue 10 a run misses (QD(D_R^id) <= 0.03 on AT&T, whose five unseen people decide it)."""
     m, stop = report["metrics"], report["stopping"]
     qd, shift = m["quantile_drop"], m["bpd_shift_sigma"]
     out = []
@@ -134,7 +134,7 @@ def main() -> None:
         for method in args.methods.split(","):
             started = time.perf_counter()
             report = run(sets, model, method, cache, args.max_iterations)
-            line, missed = row(person, method, report)
+            line, missed = row(person, method, report, 0.03 if args.data == "att" else 0.01)
             print(line, flush=True)
             if args.json:
                 with args.json.open("a") as f:
