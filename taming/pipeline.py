@@ -211,7 +211,7 @@ def features_for(remember: FaceSet, cache_dir: Path | None) -> FeatureSpace:
 
 def _share_fn(rebalance: Rebalance, channels: int) -> tuple[Callable[[Glow], float], Any]:
     """The attribute's share among 256 samples at temperature 0.7, from fixed latents."""
-    from taming.features import train_attribute_classifier
+    from taming.attribute import train_attribute_classifier
 
     classifier = train_attribute_classifier(rebalance.positive.images, rebalance.negative.images)
 
