@@ -15,6 +15,7 @@ from app.db import new_session
 from app.limits import BodyLimit
 from app.metrics import Metrics
 from app.routes import audit as audit_routes
+from app.routes import classifiers as classifier_routes
 from app.routes import dashboard as dashboard_routes
 from app.routes import jobs as job_routes
 from app.routes import models as model_routes
@@ -85,6 +86,6 @@ def create_app(settings: Settings | None = None, enqueue: jobs.Enqueue | None = 
     app.add_middleware(BodyLimit, settings=settings)
     app.add_middleware(Metrics)
     for router in (job_routes.router, model_routes.router, ops_routes.router, audit_routes.router,
-                   dashboard_routes.router, webhook_routes.router):
+                   dashboard_routes.router, webhook_routes.router, classifier_routes.router):
         app.include_router(router)
     return app

@@ -16,6 +16,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,7 +47,7 @@ def classifier(args: argparse.Namespace, pos: FaceSet, neg: FaceSet) -> tuple[En
     started = time.perf_counter()
     if args.classifier and Path(args.classifier).exists():
         return load_classifier(args.classifier), 0.0
-    model = fit_classifier(pos, neg, Recipe(members=args.members, steps=args.steps, folds=5))
+    model = fit_classifier(pos, neg, Recipe(members=args.members, steps=args.steps, folds=5, rows=(5, 23)))
     if args.classifier:
         save_classifier(model, args.classifier)
     return model, time.perf_counter() - started
@@ -93,7 +94,7 @@ def _row(r: RebalanceResult, p0: float, seconds: float) -> dict[str, object]:
             "bpd_forget_change": r.bpd["forget"]["change"], "identity_kept": r.identity_kept, "seconds": seconds}
 
 
-def table(rows: list[dict[str, object]]) -> str:
+def table(rows: list[dict[str, Any]]) -> str:
     head = rows[0]
     p0 = head["p0"]
     assert isinstance(p0, dict)
@@ -114,7 +115,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--classifier", help="reuse this classifier (written here when it does not exist)")
     p.add_argument("--members", type=int, default=3)
-    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--samples", type=int, default=1000, help="behind the share before and after")
     p.add_argument("--monitor-samples", type=int, default=300, help="behind the share every 10 iterations")
     p.add_argument("--max-iterations", type=int, default=100)

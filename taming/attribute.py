@@ -31,17 +31,29 @@ MIN_ACCURACY = 0.75  # below this by-person accuracy a classifier is refused (th
 
 
 class AttributeClassifier(nn.Module):
-    """Binary attribute CNN: images [N, C, S, S] -> logit [N]; `share` gives the fraction predicted positive."""
+    """Binary attribute CNN: images [N, C, S, S] -> logit [N]; `share` gives the fraction predicted positive.
 
-    def __init__(self, in_channel: int, width: int = 16):
+    rows: only these rows of the 32x32 input are looked at (e.g. the eye band for eyeglasses), so that the network
+    cannot lean on hair, beard or age, which tell people apart rather than the attribute. pool "max": the strongest
+    local response anywhere (an attribute is a local thing), "avg": the feature networks' average pooling.
+    """
+
+    def __init__(self, in_channel: int, width: int = 16, rows: tuple[int, int] | None = None, pool: str = "max",
+                 net: str = "small"):
         super().__init__()
-        self.in_channel, self.width = in_channel, width
-        self.net = _backbone(in_channel, width)
+        if pool not in ("max", "avg") or net not in ("small", "fine"):
+            raise ValueError(f"pool is 'max' or 'avg' ({pool!r}), net 'small' or 'fine' ({net!r})")
+        self.in_channel, self.width, self.rows, self.pool, self.kind = in_channel, width, rows, pool, net
+        # "fine" keeps full resolution for two convolutions and halves it once: thin frames survive
+        self.net = _backbone(in_channel, width)[:-2] if net == "small" else _fine(in_channel, width)
         self.head = nn.Linear(2 * width, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         # x: model-space [N, C, 32, 32] -> logits [N]
-        return self.head(self.net(x)).squeeze(1)
+        if self.rows is not None:
+            x = x[:, :, self.rows[0] : self.rows[1]]
+        h = self.net(x)
+        return self.head(h.amax((2, 3)) if self.pool == "max" else h.mean((2, 3))).squeeze(1)
 
     @torch.no_grad()
     def probability(self, images: Tensor) -> Tensor:
@@ -56,6 +68,17 @@ class AttributeClassifier(nn.Module):
         return float((self.probability(images) > 0.5).float().mean()) if len(images) else math.nan
 
 
+def _fine(in_channel: int, width: int) -> nn.Sequential:
+    """Two 3x3 convolutions at full resolution, 2x2 max pooling, two more: [N, C, H, W] -> [N, 2w, H/2, W/2]."""
+    return nn.Sequential(
+        nn.Conv2d(in_channel, width, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.ReLU(),
+    )
+
+
 def _photometric(x: Tensor, gen: torch.Generator) -> Tensor:
     """Random brightness and contrast per image (AT&T's lighting varies; samples come out smoother)."""
     n = x.shape[0]
@@ -66,7 +89,8 @@ def _photometric(x: Tensor, gen: torch.Generator) -> Tensor:
 
 def train_attribute_classifier(
     positive_u8: Tensor, negative_u8: Tensor, seed: int = 0, steps: int = 300, batch_size: int = 64,
-    device: str = "cpu", width: int = 16, photometric: bool = False,
+    device: str = "cpu", width: int = 16, photometric: bool = False, rows: tuple[int, int] | None = None,
+    pool: str = "max", net: str = "small",
 ) -> AttributeClassifier:
     """Train on images with [P, C, S, S] and without [Q, C, S, S] the attribute.
 
@@ -80,7 +104,7 @@ def train_attribute_classifier(
     x_all = _prepare(torch.cat([positive_u8, negative_u8]), device)
     y_all = torch.cat([torch.ones(len(positive_u8)), torch.zeros(len(negative_u8))]).to(device)
     weight_pos, weight_neg = len(x_all) / (2 * len(positive_u8)), len(x_all) / (2 * len(negative_u8))
-    model = AttributeClassifier(positive_u8.shape[1], width).to(device)
+    model = AttributeClassifier(positive_u8.shape[1], width, rows, pool, net).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3, weight_decay=1e-4)
     model.train()
     for _ in range(steps):
@@ -101,11 +125,14 @@ class Recipe:
     """How each member of the ensemble trains, and how many members there are."""
 
     members: int = 3
-    steps: int = 400
+    steps: int = 1000
     width: int = 16
     photometric: bool = True
     folds: int = 5
     seed: int = 0
+    rows: tuple[int, int] | None = None  # of the 32x32 input; None: all of it
+    pool: str = "max"
+    net: str = "fine"
 
 
 @dataclass(frozen=True)
@@ -177,7 +204,8 @@ def train_ensemble(positive_u8: Tensor, negative_u8: Tensor, recipe: Recipe, dev
     """`recipe.members` classifiers, each from its own seed."""
     return [train_attribute_classifier(positive_u8, negative_u8, seed=recipe.seed + seed_offset + k,
                                        steps=recipe.steps, width=recipe.width, photometric=recipe.photometric,
-                                       device=device) for k in range(recipe.members)]
+                                       rows=recipe.rows, pool=recipe.pool, net=recipe.net, device=device)
+            for k in range(recipe.members)]
 
 
 def person_keys(faces: FaceSet) -> list[str | None]:
@@ -198,7 +226,8 @@ def grouped_folds(groups: np.ndarray, folds: int, seed: int = 0) -> list[np.ndar
     values, counts = np.unique(groups, return_counts=True)
     rng = np.random.default_rng(seed)
     order = np.lexsort((rng.random(len(values)), -counts))
-    sizes, members = np.zeros(folds), [[] for _ in range(folds)]  # type: list[list[int]]
+    sizes = np.zeros(folds)
+    members: list[list[int]] = [[] for _ in range(folds)]
     for g in order:
         f = int(np.argmin(sizes))
         members[f].append(int(values[g]))
@@ -265,14 +294,16 @@ def load_classifier(path: str | Path) -> Ensemble:
         raise ValueError(f"{path}: not a readable safetensors file ({exc})") from None
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: not an attribute classifier written by save_classifier")
+    raw = json.loads(meta["recipe"])
+    recipe = Recipe(**{**raw, "rows": tuple(raw["rows"]) if raw.get("rows") else None})
     members = []
     for k in range(int(meta["members"])):
-        m = AttributeClassifier(int(meta["in_channel"]), int(meta["width"]))
+        m = AttributeClassifier(int(meta["in_channel"]), int(meta["width"]), recipe.rows, recipe.pool, recipe.net)
         prefix = f"member{k}."
         m.load_state_dict({n[len(prefix):]: t for n, t in tensors.items() if n.startswith(prefix)}, strict=True)
         members.append(m.eval())
     accuracy = Accuracy(**json.loads(meta["accuracy_json"])) if "accuracy_json" in meta else None
-    return Ensemble(members, accuracy, Recipe(**json.loads(meta["recipe"])), meta.get("name", "attribute"))
+    return Ensemble(members, accuracy, recipe, meta.get("name", "attribute"))
 
 
 def load_labelled(path: str | Path, size: int, channels: int,

@@ -102,6 +102,52 @@ class RebalanceResult:
                 "bpd": self.bpd, "identity_kept": self.identity_kept}
 
 
+class ShareRun:
+    """The share side of one run: measure every share_every iterations, decide on the interval, keep the trace."""
+
+    def __init__(self, meter: ShareMeter, target: float, direction: str,
+                 on_share: Callable[[int, ShareEstimate], None] | None = None) -> None:
+        self.meter, self.target, self.direction, self.on_share = meter, target, direction, on_share
+        self.trace: list[dict[str, Any]] = []
+        self.iteration = 0  # the loop's, as on_step last reported it
+        self.classifier: Any = None  # what `meter` classifies with, for the report (taming.attribute.Ensemble)
+
+    def section(self, base: Glow, tamed: Glow, space: FeatureSpace | None) -> dict[str, Any]:
+        """The report's metrics.attribute_share: the corrected shares before and after on the meter's latents, their
+        intervals, the trace, and the fraction of samples keeping their identity."""
+        before_x, after_x = samples_of(base, self.meter.latents), samples_of(tamed, self.meter.latents)
+        before, after = self.meter.measure(before_x), self.meter.measure(after_x)
+        acc = getattr(self.classifier, "accuracy", None)
+        return {"before": before.share, "after": after.share, "target": self.target,
+                "before_interval": [before.low, before.high], "after_interval": [after.low, after.high],
+                "observed_before": before.observed, "observed_after": after.observed, "samples": after.samples,
+                "temperature": after.temperature, "seed": after.seed, "direction": self.direction,
+                "reached": self.stop(0.0), "trace": self.trace,
+                "estimator": "Rogan-Gladen, 95% delta-method interval (samples and the classifier's error rates)",
+                "classifier": None if acc is None else {"accuracy": acc.accuracy, "sensitivity": acc.sensitivity,
+                                                        "specificity": acc.specificity, "grouping": acc.grouping,
+                                                        "people": acc.people},
+                "identity_kept": identity_kept(space, before_x, after_x) if space is not None else None}
+
+    def share_fn(self, model: Glow) -> float:
+        """tame()'s share_fn: the corrected share on the meter's fixed latents (the estimate kept in the trace)."""
+        estimate = self.meter(model)
+        self.trace.append({"iteration": self.iteration, **estimate.to_dict()})
+        if self.on_share is not None:
+            self.on_share(self.iteration, estimate)
+        return estimate.share
+
+    def last(self) -> ShareEstimate:
+        return ShareEstimate(**{k: v for k, v in self.trace[-1].items() if k != "iteration"})
+
+    def stop(self, _share: float) -> bool:
+        """tame()'s share_stop: the last measurement's interval holds (or has passed) the target."""
+        return bool(self.trace) and share_reached(self.last(), self.target, self.direction)
+
+    def step(self, info: StepInfo) -> None:
+        self.iteration = info.iteration
+
+
 def rebalance(base: Glow, chosen: Sides, config: TameConfig, target: float, direction: str, meter: ShareMeter, *,
               final_meter: ShareMeter | None = None, space: FeatureSpace | None = None,
               on_step: Callable[[StepInfo], None] | None = None,
@@ -114,42 +160,38 @@ def rebalance(base: Glow, chosen: Sides, config: TameConfig, target: float, dire
     before-sample its own?
     """
     n_bits = base.config.n_bits
-    config = replace(config, delta=chosen.delta_sign * abs(config.delta), target_share=target, direction=direction)
-    tamed = copy.deepcopy(base)
-    trace: list[dict[str, Any]] = []
-    progress = {"iteration": 0}
-
-    def share_fn(model: Glow) -> float:
-        estimate = meter(model)
-        trace.append({"iteration": progress["iteration"], **estimate.to_dict()})
-        if on_share is not None:
-            on_share(progress["iteration"], estimate)
-        return estimate.share
-
-    def stop(_share: float) -> bool:
-        last = trace[-1]
-        return share_reached(ShareEstimate(**{k: v for k, v in last.items() if k != "iteration"}), target, direction)
+    config = run_config(config, chosen, target, direction)
+    shares = ShareRun(meter, target, direction, on_share)
 
     def step(info: StepInfo) -> None:
-        progress["iteration"] = info.iteration
+        shares.step(info)
         if on_step is not None:
             on_step(info)
 
     forget_q, remember_q = quantize(chosen.forget.images, n_bits), quantize(chosen.remember.images, n_bits)
-    result = tame(tamed, base, forget_q, remember_q, config, on_step=step, share_fn=share_fn, share_stop=stop)
+    result = tame(copy.deepcopy(base), base, forget_q, remember_q, config, on_step=step, share_fn=shares.share_fn,
+                  share_stop=shares.stop)
     final = final_meter or meter
     before_x, after_x = samples_of(base, final.latents), samples_of(result.model, final.latents)
     before, after = final.measure(before_x), final.measure(after_x)
-    reached = share_reached(ShareEstimate(**{k: v for k, v in trace[-1].items() if k != "iteration"}), target,
-                            direction)
-    reason = (f"the share's 95% interval reached the target {target:.3f} after {result.iterations} iterations"
-              if reached else f"iteration cap {config.max_iterations} reached before the share's interval "
-                              f"reached the target {target:.3f}")
+    reached = shares.stop(shares.last().share)
     bpd = {"forget": _bpd_change(base, result.model, forget_q, n_bits),
            "remember": _bpd_change(base, result.model, remember_q, n_bits)}
     kept = identity_kept(space, before_x, after_x) if space is not None else None
-    return RebalanceResult(result.model, reached, reason, result.iterations, target, direction, chosen.strategy,
-                           before, after, trace, result, bpd, kept, before_x, after_x, config)
+    return RebalanceResult(result.model, reached, stop_reason(reached, result.iterations, target, config),
+                           result.iterations, target, direction, chosen.strategy, before, after, shares.trace, result,
+                           bpd, kept, before_x, after_x, config)
+
+
+def run_config(config: TameConfig, chosen: Sides, target: float, direction: str) -> TameConfig:
+    """The taming knobs of a rebalance: δ signed by the side pushed, the share target and direction."""
+    return replace(config, delta=chosen.delta_sign * abs(config.delta), target_share=target, direction=direction)
+
+
+def stop_reason(reached: bool, iterations: int, target: float, config: TameConfig) -> str:
+    if reached:
+        return f"the share's 95% interval reached the target {target:.3f} after {iterations} iterations"
+    return f"iteration cap {config.max_iterations} reached before the share's interval reached the target {target:.3f}"
 
 
 def _bpd_change(base: Glow, tamed: Glow, images_q: Tensor, n_bits: int) -> dict[str, float]:
