@@ -21,7 +21,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app import audit, uploads, webhooks
+from app import audit, classifiers, uploads, webhooks
 from app.auth import sees_all
 from app.errors import ApiError, not_found
 from app.models import TERMINAL_STATES, ApiKey, Job, Model, new_id, utcnow
@@ -42,6 +42,7 @@ class Submission:
     parameters: JobParameters
     callback_url: str | None
     files: dict[str, list[UploadFile]] = field(default_factory=dict)
+    classifier: UploadFile | None = None  # rebalance: an attribute classifier uploaded with the job
 
 
 # The `parameters` form field is a JSON string: its schema goes into the OpenAPI document as contentSchema.
@@ -70,6 +71,8 @@ def check_shape(sub: Submission) -> None:
             raise ApiError(422, "no_images", "a rebalance_attribute job needs 'positive' and 'negative' images")
         if sub.parameters.target_share is None:
             raise ApiError(422, "invalid_parameters", "a rebalance_attribute job needs parameters.target_share")
+    if sub.kind == "forget_identity" and (sub.classifier is not None or sub.parameters.classifier_id):
+        raise ApiError(422, "invalid_request", "a classifier belongs to rebalance_attribute jobs")
 
 
 def request_hash(sub: Submission, hashes: dict[tuple[str, int], str]) -> str:
@@ -112,11 +115,16 @@ def submit(session: Session, storage: Storage, settings: Settings, key: ApiKey, 
     groups = {name: files for name, files in sub.files.items() if files}
     uploads.check_caps(groups, settings)
     hashes = uploads.hash_all(groups)
+    if sub.classifier is not None:
+        hashes["classifier", 0] = uploads.sha256_of(sub.classifier.file)
     digest = request_hash(sub, hashes)
     if (earlier := _replay(session, key, idem_key, digest)) is not None:
         return earlier, True
     check_quota(session, key, settings)  # after the replay: retrying a submission that went through is no new job
     incoming = uploads.inspect_all(groups, hashes, model.image_size, model.channels, settings)
+    if sub.kind == "rebalance_attribute":  # an unusable classifier is refused before any image is stored
+        sub.parameters.classifier_id = classifiers.for_job(session, storage, key, sub.parameters.classifier_id,
+                                                           sub.classifier, sub.subject_ref, settings.max_file_bytes)
     job_id = new_id()
     entries = uploads.store_all(storage, job_id, incoming)
     job = Job(id=job_id, kind=sub.kind, state="queued", model_id=model.id, subject_ref=sub.subject_ref,

@@ -17,6 +17,7 @@ from app.input_guard import InputGuard
 from app.limits import BodyLimit
 from app.metrics import Metrics
 from app.routes import audit as audit_routes
+from app.routes import classifiers as classifier_routes
 from app.routes import dashboard as dashboard_routes
 from app.routes import jobs as job_routes
 from app.routes import keys as key_routes
@@ -91,6 +92,7 @@ def create_app(settings: Settings | None = None, enqueue: jobs.Enqueue | None = 
     app.add_middleware(InputGuard)
     app.add_middleware(Metrics)
     for router in (job_routes.router, model_routes.router, ops_routes.router, audit_routes.router,
-                   dashboard_routes.router, webhook_routes.router, key_routes.router):
+                   dashboard_routes.router, webhook_routes.router, key_routes.router,
+                   classifier_routes.router):
         app.include_router(router)
     return app

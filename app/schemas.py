@@ -9,7 +9,7 @@ from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.gdpr import due_date
-from app.models import TERMINAL_STATES, Job, Model, ModelVersion
+from app.models import TERMINAL_STATES, Classifier, Job, Model, ModelVersion
 from rules.method import DEFAULT_METHOD, knobs
 
 # The names of rules/method.py METHODS (a test checks they agree).
@@ -51,6 +51,11 @@ class JobParameters(BaseModel):
     max_iterations: int | None = Field(default=None, ge=1, le=100_000)
     target_share: float | None = _finite("Rebalance: the attribute's target share.", ge=0, le=1)
     direction: Literal["decrease", "increase"] = "decrease"
+    strategy: Literal["push_negatives", "pull_positives"] = Field(
+        default="push_negatives", description="Rebalance, increase: push the images without the attribute down, or "
+        "pull those with it up (δ < 0).")
+    classifier_id: str | None = Field(default=None, max_length=64, description="Rebalance: a stored classifier "
+                                      "(POST /v1/classifiers); without one the job trains its own.")
     lr: float | None = _finite("Learning rate.", gt=0, le=1)
     seed: int = Field(default=0, ge=0, le=SEED_MAX, description="Seed of the run's random draws.")
     forget_loss: Literal["paper", "scale_free"] | None = None
@@ -254,3 +259,27 @@ class VerifyOut(BaseModel):
     counted: int = Field(description="Images that count towards the verdict (those that carry an identity).")
     summary: str
     seconds: float = Field(description="Time the likelihood computation took.")
+
+
+class ClassifierOut(BaseModel):
+    """A stored attribute classifier and its by-person figures (grouped cross-validation)."""
+
+    id: str
+    name: str
+    sha256: str
+    accuracy: float = Field(description="By-person accuracy: no person on both sides of a cross-validation split.")
+    sensitivity: float
+    specificity: float
+    usable: bool = Field(description="accuracy >= 0.75: what a rebalance job needs.")
+    details: dict[str, Any]
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: Classifier) -> ClassifierOut:
+        return cls(id=row.id, name=row.name, sha256=row.sha256, accuracy=row.accuracy, sensitivity=row.sensitivity,
+                   specificity=row.specificity, usable=row.accuracy >= 0.75, details=row.details or {},
+                   created_at=row.created_at)
+
+
+class ClassifierList(BaseModel):
+    items: list[ClassifierOut]

@@ -168,12 +168,20 @@ def submit_forget(images: tuple[str, ...], holdout: tuple[str, ...], **common: A
 @click.option("--negative", multiple=True, required=True, help="Images without it (file or folder, repeatable).")
 @click.option("--target-share", type=click.FloatRange(0, 1), default=None, help="The attribute's target share.")
 @click.option("--direction", type=click.Choice(["decrease", "increase"]), default=None)
+@click.option("--strategy", type=click.Choice(["push_negatives", "pull_positives"]), default=None,
+              help="How an increase works.")
+@click.option("--classifier", "classifier_file", default=None, help="An attribute classifier to upload "
+              "(from `taming classifier train`); refused (exit 2) below 75% by-person accuracy.")
+@click.option("--classifier-id", default=None, help="A stored classifier (POST /v1/classifiers).")
 @one_line_errors
 def submit_rebalance(positive: tuple[str, ...], negative: tuple[str, ...], target_share: float | None,
-                     direction: str | None, **common: Any) -> int:
+                     direction: str | None, strategy: str | None, classifier_file: str | None,
+                     classifier_id: str | None, **common: Any) -> int:
     """Ask the service to rebalance an attribute among the model's samples."""
-    extra = {k: v for k, v in (("target_share", target_share), ("direction", direction)) if v is not None}
+    extra = {k: v for k, v in (("target_share", target_share), ("direction", direction), ("strategy", strategy),
+                               ("classifier_id", classifier_id)) if v is not None}
     if "target_share" not in extra and not any(p.startswith("target_share=") for p in common["params"]):
         raise BadInput("a rebalance needs --target-share")
-    return run_submit("rebalance_attribute", {"positive": list(positive), "negative": list(negative)}, extra,
-                      **common)
+    files = {"positive": list(positive), "negative": list(negative),
+             "classifier": [classifier_file] if classifier_file else []}
+    return run_submit("rebalance_attribute", files, extra, **common)

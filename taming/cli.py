@@ -314,5 +314,10 @@ def import_command(state_dict: str, args_path: str, out: str) -> None:
     click.echo(f"wrote {out} (sha256 {sha})")
 
 
-library_commands: list[click.Command] = [train_command, tame_command, evaluate_command, sample_command,
-                                         verify_command, import_command]
+def _library_commands() -> list[click.Command]:
+    from taming.rebalance_cli import commands  # after this module's names exist: it uses fail and load_set
+
+    return [train_command, tame_command, evaluate_command, sample_command, verify_command, import_command, *commands]
+
+
+library_commands: list[click.Command] = _library_commands()

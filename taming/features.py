@@ -4,7 +4,8 @@
   L2-normalised 64-d embedding is the face-embedding space (nearest identities, D_R^NN) and the feature
   space of the Fréchet distance. Without identities, `PixelPCA` (64 principal components of pixels) takes
   its place. Both expose `.name` (written in the report) and `.embed(images_u8) -> [N, D]`.
-- `AttributeClassifier`: a small binary CNN measuring an attribute's share among samples (rebalancing).
+
+The attribute classifier of a rebalance shares the backbone and lives in taming/attribute.py.
 
 Every network works on 32x32 inputs (images are resized first): identity and attributes survive at that
 size, and it keeps training under seconds on a laptop CPU whatever the model's image size.
@@ -12,7 +13,6 @@ size, and it keeps training under seconds on a laptop CPU whatever the model's i
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -238,56 +238,3 @@ def nearest_identities(
     sims = [float(F.normalize(feats[torch.from_numpy(identity == c)].mean(0), dim=0) @ target) for c in candidates]
     order = np.argsort(-np.asarray(sims), kind="stable")
     return [candidates[i] for i in order[:k]]
-
-
-class AttributeClassifier(nn.Module):
-    """Binary attribute CNN: images [N, C, S, S] -> logit [N]; `share` gives the fraction predicted positive."""
-
-    def __init__(self, in_channel: int, width: int = 16):
-        super().__init__()
-        self.net = _backbone(in_channel, width)
-        self.head = nn.Linear(2 * width, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        # x: model-space [N, C, 32, 32] -> logits [N]
-        return self.head(self.net(x)).squeeze(1)
-
-    @torch.no_grad()
-    def probability(self, images: Tensor) -> Tensor:
-        """uint8 or model-space ([-0.5, 0.5]) images [N, C, S, S] -> P(attribute) [N] on the CPU."""
-        self.eval()
-        device = next(self.parameters()).device
-        return torch.sigmoid(self(_prepare(images, device))).cpu()
-
-    def share(self, images: Tensor) -> float:
-        """Fraction of images [N, C, S, S] (uint8, or model-space floats as `Glow.sample` returns) predicted
-        to carry the attribute."""
-        return float((self.probability(images) > 0.5).float().mean()) if len(images) else math.nan
-
-
-def train_attribute_classifier(
-    positive_u8: Tensor, negative_u8: Tensor, seed: int = 0, steps: int = 300, batch_size: int = 64, device: str = "cpu"
-) -> AttributeClassifier:
-    """Train on images with [P, C, S, S] and without [Q, C, S, S] the attribute.
-
-    The loss weighs each class by the inverse of its size, so a rare attribute is not predicted away.
-    """
-    if len(positive_u8) == 0 or len(negative_u8) == 0:
-        raise ValueError("an attribute classifier needs images with and without the attribute")
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    x_all = _prepare(torch.cat([positive_u8, negative_u8]), device)
-    y_all = torch.cat([torch.ones(len(positive_u8)), torch.zeros(len(negative_u8))]).to(device)
-    weight_pos, weight_neg = len(x_all) / (2 * len(positive_u8)), len(x_all) / (2 * len(negative_u8))
-    model = AttributeClassifier(positive_u8.shape[1]).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(steps):
-        idx = torch.randint(len(x_all), (min(batch_size, len(x_all)),), generator=gen).to(device)
-        y = y_all[idx]
-        weight = torch.where(y > 0.5, weight_pos, weight_neg)
-        loss = F.binary_cross_entropy_with_logits(model(_augment(x_all[idx], gen)), y, weight=weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return model.eval()

@@ -94,7 +94,7 @@ def run_requests(
     else:
         remember, remember_holdout, unseen = _others(remember, remember_holdout, unseen, requests)
     planned, forget_u8 = _plan(requests)
-    share_fn, classifier = _share_fn(rebalance, base.config.in_channel) if rebalance else (None, None)
+    shares = _share_run(rebalance, base) if rebalance else None
     near = _near_images(space, planned, remember) if rebalance is None and config.near_fraction > 0 else None
     n_bits = base.config.n_bits
     precision = precision or Precision()
@@ -104,7 +104,9 @@ def run_requests(
     phase("taming")
     with stages("taming"):
         result = tame(tamed, base, quantize(forget_u8, n_bits), quantize(remember.images, n_bits),
-                      config, on_step=on_step, resume=resume_state, share_fn=share_fn, near=near, on_phase=phase)
+                      config, on_step=_with_shares(on_step, shares), resume=resume_state,
+                      share_fn=shares.share_fn if shares else None, near=near, on_phase=phase,
+                      share_stop=shares.stop if shares else None)
     phase("evaluating")
     parent_sha = file_sha256(base_checkpoint)
     sha = save_checkpoint(result.model, out_checkpoint, data_hash=meta.get("data_hash", ""), parent=parent_sha)
@@ -121,7 +123,7 @@ def run_requests(
     measured: dict[str, tuple[Tensor, Tensor]] = {}
     for plan in planned:
         reports[plan.request.key], figures[plan.request.key] = report_for(plan, context, measured, rebalance,
-                                                                          classifier)
+                                                                          shares)
     cache.save()
     phase("reporting")
     with stages("html"):
@@ -194,13 +196,15 @@ def forgotten_rows(faces: FaceSet, requests: list[Request]) -> np.ndarray:
 
 def _rebalance_sets(requests: list[Request], rebalance: Rebalance,
                     config: TameConfig) -> tuple[list[Request], FaceSet, TameConfig]:
-    """D_F is the side whose share must fall, D_R the other side (DESIGN.md section 4, rebalancing)."""
-    if rebalance.direction not in ("decrease", "increase"):
-        raise DataError(f"direction must be 'decrease' or 'increase', not {rebalance.direction!r}")
-    lower, keep = ((rebalance.positive, rebalance.negative) if rebalance.direction == "decrease"
-                   else (rebalance.negative, rebalance.positive))
-    requests = [replace(r, forget=lower) for r in requests]
-    return requests, keep, replace(config, target_share=rebalance.target_share, direction=rebalance.direction)
+    """D_F is the side pushed (taming.rebalance.sides), D_R the other side (DESIGN.md section 4, rebalancing)."""
+    from taming.rebalance import run_config, sides
+
+    try:
+        chosen = sides(rebalance.positive, rebalance.negative, rebalance.direction, rebalance.strategy)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+    requests = [replace(r, forget=chosen.forget) for r in requests]
+    return requests, chosen.remember, run_config(config, chosen, rebalance.target_share, rebalance.direction)
 
 
 def features_for(remember: FaceSet, cache_dir: Path | None) -> FeatureSpace:
@@ -215,15 +219,40 @@ def features_for(remember: FaceSet, cache_dir: Path | None) -> FeatureSpace:
     return space
 
 
-def _share_fn(rebalance: Rebalance, channels: int) -> tuple[Callable[[Glow], float], Any]:
-    """The attribute's share among 256 samples at temperature 0.7, from fixed latents."""
-    from taming.features import train_attribute_classifier
+def _share_run(rebalance: Rebalance, base: Glow) -> Any:
+    """The run's share meter: the stored classifier (or one trained and measured by person here), refused before
+    any taming when its by-person accuracy is below 75%."""
+    from taming.attribute import MIN_ACCURACY, fit_classifier, load_classifier
+    from taming.rebalance import ShareRun
+    from taming.share import ShareMeter
 
-    classifier = train_attribute_classifier(rebalance.positive.images, rebalance.negative.images)
+    if rebalance.classifier_path is not None:
+        try:
+            classifier = load_classifier(rebalance.classifier_path)
+        except ValueError as exc:
+            raise DataError(str(exc)) from None
+    else:
+        classifier = fit_classifier(rebalance.positive, rebalance.negative)
+    acc = classifier.accuracy
+    if acc is None or not classifier.usable():
+        shown = "unmeasured" if acc is None else f"{acc.accuracy:.1%} (grouped by {acc.grouping})"
+        raise DataError(f"the attribute classifier's by-person accuracy is {shown}, below {MIN_ACCURACY:.0%}: "
+                        "it cannot tell the classes apart on unseen people")
+    meter = ShareMeter.for_model(base, classifier.predict, acc.error_rates(), rebalance.samples,
+                                 rebalance.temperature)
+    shares = ShareRun(meter, rebalance.target_share, rebalance.direction)
+    shares.classifier = classifier
+    return shares
 
-    def share(model: Glow) -> float:
-        return classifier.share(model.sample(256, temperature=0.7, seed=12345).cpu())
 
-    return share, classifier
+def _with_shares(on_step: Callable[[StepInfo], None] | None, shares: Any) -> Callable[[StepInfo], None] | None:
+    """on_step that also tells the share run the loop's iteration."""
+    if shares is None:
+        return on_step
 
+    def step(info: StepInfo) -> None:
+        shares.step(info)
+        if on_step is not None:
+            on_step(info)
 
+    return step

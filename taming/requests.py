@@ -6,6 +6,7 @@ Shared by taming/pipeline.py (which runs them) and taming/run_report.py (which r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,6 +52,10 @@ class Rebalance:
     negative: FaceSet
     target_share: float
     direction: str = "decrease"  # or "increase"
+    strategy: str = "push_negatives"  # how an increase works (taming.rebalance)
+    classifier_path: Path | None = None  # a stored classifier (taming.attribute); None: one is trained in the run
+    samples: int = 1000  # behind the share before and after, and every share_every iterations
+    temperature: float = 0.7
 
 
 @dataclass

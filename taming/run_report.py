@@ -91,6 +91,11 @@ def report_for(plan: Planned, c: RunContext, measured: dict[str, tuple[Tensor, T
     )
     with c.stages("figures"):
         figures = _figures(c, evaluation, metrics.get("generation"))
+        if rebalance is not None and metrics["attribute_share"]["trace"]:
+            from taming.rebalance_report import share_figure
+
+            share = metrics["attribute_share"]
+            figures["share"] = share_figure(share["trace"], share["target"], share["before"])
     return report, figures
 
 
@@ -129,6 +134,8 @@ def _metrics(c: RunContext, plan: Planned, evaluation: dict[str, Any], quantized
                                                negatives).to_dict()
     if rebalance is not None:
         metrics["attribute_share"] = _shares(c, classifier, rebalance)
+        per = evaluation["per_image"]["forget"]
+        metrics["bpd_forget"] = {"before": float(per["bpd_before"].mean()), "after": float(per["bpd_after"].mean())}
     return metrics
 
 
@@ -164,10 +171,9 @@ def _forget_items(plan: Planned, c: RunContext, evaluation: dict[str, Any]) -> l
     return items
 
 
-def _shares(c: RunContext, classifier: Any, rebalance: Rebalance) -> dict[str, float]:
-    before = classifier.share(c.base.sample(256, temperature=0.7, seed=12345).cpu())
-    after = classifier.share(c.result.model.sample(256, temperature=0.7, seed=12345).cpu())
-    return {"before": before, "after": after, "target": rebalance.target_share}
+def _shares(c: RunContext, shares: Any, rebalance: Rebalance) -> dict[str, Any]:
+    """The corrected shares before and after with their intervals (taming.rebalance.ShareRun.section)."""
+    return dict(shares.section(c.base, c.result.model, c.space))
 
 
 def _parameters(config: TameConfig) -> dict[str, Any]:

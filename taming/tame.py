@@ -106,6 +106,7 @@ def tame(
     share_fn: Callable[[Glow], float] | None = None,
     near: Tensor | None = None,
     on_phase: Callable[[str], None] | None = None,
+    share_stop: Callable[[float], bool] | None = None,
 ) -> TameResult:
     """Run the taming loop on `tamed` (modified in place; `base` is never touched).
 
@@ -114,7 +115,8 @@ def tame(
     the identities nearest to the person (used when config.near_fraction > 0). `share_fn(model)`, with
     `config.target_share`, turns the run into attribute rebalancing: it stops when the share reaches the target.
     `on_phase` hears "confirming" when a stop is being confirmed on fresh statistics and "taming" when an
-    unconfirmed one goes on iterating.
+    unconfirmed one goes on iterating. `share_stop(share)`, when given, decides whether a measured share has reached
+    the target in place of the plain comparison with `config.target_share` (taming.rebalance: an interval).
     """
     run = _Run(tamed, base, forget_q, remember_q, config, near)
     if resume is not None:
@@ -132,11 +134,11 @@ def tame(
         d_all = run.check(forget_idx, fwd.forget)
         max_abs_d = d_all.abs().max().item()
         capped = it >= config.max_iterations
-        if _should_stop(d_all, share, config) or capped:
+        if _should_stop(d_all, share, config, share_stop) or capped:
             if on_phase is not None:
                 on_phase("confirming")
             final = run.confirm()
-            met = _share_reached(share, config) if share is not None else confirmed(final.d, config)
+            met = _share_reached(share, config, share_stop) if share is not None else confirmed(final.d, config)
             if met or capped:
                 break
             run.adopt(final)  # not confirmed: go on with the fresh statistics
@@ -345,15 +347,18 @@ def _reason(met: bool, capped: bool) -> str:
     return "iteration cap reached before every forget image reached the threshold"
 
 
-def _should_stop(d: Tensor, share: float | None, config: TameConfig) -> bool:
+def _should_stop(d: Tensor, share: float | None, config: TameConfig,
+                 share_stop: Callable[[float], bool] | None = None) -> bool:
     if config.target_share is not None and share is not None:
-        return _share_reached(share, config)
+        return _share_reached(share, config, share_stop)
     if config.stop_rule == "tracked":
         return confirmed(d, config)
     return bool((d.abs() < config.eps).all())
 
 
-def _share_reached(share: float, config: TameConfig) -> bool:
+def _share_reached(share: float, config: TameConfig, share_stop: Callable[[float], bool] | None = None) -> bool:
+    if share_stop is not None:
+        return share_stop(share)
     assert config.target_share is not None
     return share <= config.target_share if config.direction == "decrease" else share >= config.target_share
 

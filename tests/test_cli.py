@@ -134,15 +134,24 @@ def test_rebalancing_an_attribute_reports_its_share(workspace: Path, two_people:
     from taming.pipeline import Rebalance, Request, run_requests
     from taming.tame import TameConfig
 
+    from taming.attribute import Recipe, fit_classifier, save_classifier
+
     positive = load_faces(workspace / "forget", 16, 1).subset(np.arange(4))  # "the attribute": person 0
     negative = load_faces(workspace / "remember", 16, 1)
+    classifier = fit_classifier(positive, negative, Recipe(members=1, steps=60, folds=2))
+    save_classifier(classifier, tmp_path / "c.safetensors")
     result = run_requests(workspace / "base.safetensors", negative, [Request("r", positive)],
-                          TameConfig(lr=2e-3, max_iterations=40), tmp_path / "t.safetensors",
-                          rebalance=Rebalance(positive, negative, target_share=0.0, direction="decrease"))
-    share = result.reports["r"]["metrics"]["attribute_share"]
-    assert set(share) == {"before", "after", "target"} and share["target"] == 0.0
-    assert not result.criterion_met  # a share of exactly 0 is not reached in 40 iterations
-    assert "share" in result.reports["r"]["history"][-1]
+                          TameConfig(lr=2e-3, max_iterations=20), tmp_path / "t.safetensors",
+                          rebalance=Rebalance(positive, negative, target_share=0.0, direction="decrease",
+                                              classifier_path=tmp_path / "c.safetensors", samples=64))
+    report = result.reports["r"]
+    share = report["metrics"]["attribute_share"]
+    assert {"before", "after", "target", "before_interval", "after_interval", "trace", "identity_kept"} <= set(share)
+    assert share["target"] == 0.0 and share["samples"] == 64 and share["classifier"]["grouping"] == "image"
+    assert share["before_interval"][0] <= share["before"] <= share["before_interval"][1]
+    assert result.criterion_met == share["reached"]
+    assert [t["iteration"] for t in share["trace"]][0] == 0
+    assert "bpd_forget" in report["metrics"] and "data:image/png;base64" in result.html["r"]
 
 
 def test_feature_network_is_trained_once_per_model(workspace: Path, two_people: FaceSet, tmp_path: Path) -> None:

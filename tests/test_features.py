@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from taming.attribute import train_attribute_classifier
 from taming.features import (
     Embedder,
     PixelPCA,
@@ -15,7 +16,6 @@ from taming.features import (
     load_embedder,
     nearest_identities,
     save_embedder,
-    train_attribute_classifier,
     train_embedder,
 )
 

@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from app import job_reports, revisions
 from app.db import session_scope
-from app.models import TERMINAL_STATES, Job, Model, ModelVersion, RememberRevision
+from app.models import TERMINAL_STATES, Classifier, Job, Model, ModelVersion, RememberRevision
 from app.schemas import JobParameters
 from app.storage import Storage, get_storage
 from app.sweeper import Timings
@@ -130,6 +130,7 @@ class _Inputs:
     config: Any = None
     resume_state: dict[str, Any] | None = None
     resumed_from: int = 0
+    classifier_keys: dict[str, str] = dataclasses.field(default_factory=dict)  # stored classifier id -> object key
 
 
 def _read_rows(batch: Batch, settings: Any) -> _Inputs | None:
@@ -144,9 +145,12 @@ def _read_rows(batch: Batch, settings: Any) -> _Inputs | None:
                                   .order_by(Job.finished_at.desc()).limit(5))
         previous = previous_phase_seconds(list(earlier))
         revision = revisions.get_revision(session, batch.model_id, base.remember_revision if base else None)
+        wanted = [(j.parameters or {}).get("classifier_id") for j in jobs]
+        keys = {c.id: c.storage_key for c in session.scalars(select(Classifier).where(Classifier.id.in_(
+            [w for w in wanted if w])))}
     if model is None or base is None:
         return None
-    return _Inputs(model, base, jobs, names, previous, revision)
+    return _Inputs(model, base, jobs, names, previous, revision, classifier_keys=keys)
 
 
 def _fetch(inputs: _Inputs, batch: Batch, storage: Storage, tmp: Path) -> None:
@@ -181,7 +185,9 @@ def _request_for(job: Job, inputs: _Inputs, storage: Storage, tmp: Path) -> tupl
         params = job.parameters or {}
         assert negative is not None
         rebalance = pipeline.Rebalance(positive, negative, float(params.get("target_share", 0.5)),
-                                       str(params.get("direction", "decrease")))
+                                       str(params.get("direction", "decrease")),
+                                       str(params.get("strategy") or "push_negatives"),
+                                       _classifier(inputs, params.get("classifier_id"), storage, tmp / job.id))
         forget: FaceSet | None = positive
     else:
         forget = fetch_uploads(storage, job, "forget", model, tmp)
@@ -192,6 +198,18 @@ def _request_for(job: Job, inputs: _Inputs, storage: Storage, tmp: Path) -> tupl
     if rebalance is None and (problem := request_problem(request)) is not None:
         raise DataError(problem)
     return request, rebalance
+
+
+def _classifier(inputs: _Inputs, classifier_id: str | None, storage: Storage, folder: Path) -> Path | None:
+    """The job's stored classifier, downloaded; None when the job trains its own."""
+    if not classifier_id:
+        return None
+    if classifier_id not in inputs.classifier_keys:
+        raise DataError(f"the stored classifier {classifier_id} is gone")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "classifier.safetensors"
+    storage.download(inputs.classifier_keys[classifier_id], path)
+    return path
 
 
 def _goal(config: Any, rebalance: pipeline.Rebalance | None) -> Goal:

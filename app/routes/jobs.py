@@ -30,11 +30,13 @@ def submit_job(
                                            json_schema_extra=jobs.PARAMETERS_SCHEMA)] = None,
     callback_url: Annotated[str | None, Form(max_length=2000)] = None,  # app/ssrf.py refuses control characters
     forget: Files = None, holdout: Files = None, positive: Files = None, negative: Files = None,
+    classifier: Annotated[UploadFile | None, File(description="rebalance: an attribute classifier")] = None,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobOut:
     """Submit a forget_identity or rebalance_attribute job; 202 with the job and its Location."""
     files = {"forget": forget or [], "holdout": holdout or [], "positive": positive or [], "negative": negative or []}
-    sub = jobs.Submission(kind, model_id, subject_ref, jobs.parse_parameters(parameters), callback_url or None, files)
+    sub = jobs.Submission(kind, model_id, subject_ref, jobs.parse_parameters(parameters), callback_url or None, files,
+                          classifier)
     job, replayed = jobs.submit(session, storage, settings, key, sub, idempotency_key)
     if not replayed:
         jobs.ring(enqueue, job.id)
