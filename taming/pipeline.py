@@ -50,12 +50,55 @@ class PipelineResult:
     stages: dict[str, float] = field(default_factory=dict)  # seconds per stage of the run (bench/job_profile.py)
 
 
+def _load(checkpoint: Path, remember: FaceSet, device: str, cache_dir: Path | None, stages: Stages,
+          phase: Callable[[str], None]) -> tuple[Glow, dict[str, Any], Any]:
+    """The base model and the feature network (trained on the whole reference set, cached per model)."""
+    phase("loading")
+    with stages("loading"):
+        base, meta = load_checkpoint(checkpoint)
+        base.to(device)
+    phase("features")
+    with stages("features"):
+        space = features_for(remember, cache_dir)
+    return base, meta, space
+
+
+def _prepare(base: Glow, precision: Precision) -> Glow:
+    """The model to tame: a copy of the base, both prepared for the run's precision."""
+    precision.configure()
+    tamed = precision.prepare(copy.deepcopy(base))  # after the copy: a copy of a compiled module is not compiled
+    precision.prepare(base)
+    return tamed
+
+
+def _samples(base: Glow, tamed: Glow, space: Any, key: str, remember: FaceSet, erasure: bool,
+             cache_dir: Path | None, stages: Stages) -> tuple[Any, Any]:
+    """The generation probe (erasures with an identity embedding) and the samples' Fréchet distance."""
+    with stages("samples"):
+        probe = probe_samples(base, tamed, space, key, cache_dir) if erasure and isinstance(space, Embedder) else None
+    with stages("frechet"):
+        frechet = sample_frechet(base, tamed, space, remember.images)
+    return probe, frechet
+
+
+def _reports(planned: list[Planned], context: RunContext, rebalance: Rebalance | None, shares: Any,
+             phase: Callable[[str], None]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Each request's JSON report and HTML page (the shared sets measured once)."""
+    reports, figures = {}, {}
+    measured: dict[str, tuple[Tensor, Tensor]] = {}
+    for plan in planned:
+        reports[plan.request.key], figures[plan.request.key] = report_for(plan, context, measured, rebalance,
+                                                                          shares)
+    if context.base_cache is not None:
+        context.base_cache.save()
+    phase("reporting")
+    with context.stages("html"):
+        html = {key: render_html(report, figures[key]) for key, report in reports.items()}
+    return reports, html
+
+
 def run_requests(
-    base_checkpoint: Path,
-    remember: FaceSet,
-    requests: list[Request],
-    config: TameConfig,
-    out_checkpoint: Path,
+    base_checkpoint: Path, remember: FaceSet, requests: list[Request], config: TameConfig, out_checkpoint: Path,
     *,
     rebalance: Rebalance | None = None,
     on_step: Callable[[StepInfo], None] | None = None,
@@ -70,24 +113,14 @@ def run_requests(
 ) -> PipelineResult:
     """Tame the base checkpoint for `requests`, write the tamed checkpoint and one report per request.
 
-    remember: the model's reference remember set; images of anyone being forgotten are left out of it.
-    remember_holdout / unseen: optional held-out images of remembered people / of people never trained on
-    (for the report; the forgotten people are left out of them the same way).
+    remember: the reference remember set; remember_holdout / unseen: optional held-out photos of remembered
+    people / photos of people never trained on, for the report (anyone being forgotten leaves all three).
     on_phase(name) hears each phase as it starts: loading, features, taming, confirming (and back to taming
-    when a stop is not confirmed), evaluating, reporting.
-    precision: how the run computes (taming.precision); None: strict fp32.
+    when a stop is not confirmed), evaluating, reporting. precision: taming.precision; None: strict fp32.
     Raises RequestProblem (a DataError naming the request) when one request's images carry no identity.
     """
-    started, stages = time.perf_counter(), Stages()
-    phase = on_phase or (lambda _name: None)
-    phase("loading")
-    with stages("loading"):
-        base, meta = load_checkpoint(base_checkpoint)
-        base.to(device)
-    phase("features")
-    with stages("features"):
-        # on the model's whole reference set, so that one cached network serves every request for this model
-        space = features_for(remember, cache_dir)
+    started, stages, phase = time.perf_counter(), Stages(), on_phase or (lambda _name: None)
+    base, meta, space = _load(base_checkpoint, remember, device, cache_dir, stages, phase)
     space_key = remember.data_hash()  # the feature network's key: the whole reference set, people included
     if rebalance is not None:
         requests, remember, config = _rebalance_sets(requests, rebalance, config)
@@ -96,11 +129,7 @@ def run_requests(
     planned, forget_u8 = _plan(requests)
     shares = _share_run(rebalance, base) if rebalance else None
     near = _near_images(space, planned, remember) if rebalance is None and config.near_fraction > 0 else None
-    n_bits = base.config.n_bits
-    precision = precision or Precision()
-    precision.configure()
-    tamed = precision.prepare(copy.deepcopy(base))  # after the copy: a copy of a compiled module is not compiled
-    precision.prepare(base)
+    tamed, n_bits = _prepare(base, precision := precision or Precision()), base.config.n_bits
     phase("taming")
     with stages("taming"):
         result = tame(tamed, base, quantize(forget_u8, n_bits), quantize(remember.images, n_bits),
@@ -110,24 +139,13 @@ def run_requests(
     phase("evaluating")
     parent_sha = file_sha256(base_checkpoint)
     sha = save_checkpoint(result.model, out_checkpoint, data_hash=meta.get("data_hash", ""), parent=parent_sha)
-    with stages("samples"):
-        probe = (probe_samples(base, result.model, space, f"{parent_sha[:16]}-{space_key[:16]}", cache_dir)
-                 if rebalance is None and isinstance(space, Embedder) else None)
-    with stages("frechet"):
-        frechet = sample_frechet(base, result.model, space, remember.images)
+    probe, frechet = _samples(base, result.model, space, f"{parent_sha[:16]}-{space_key[:16]}", remember,
+                              rebalance is None, cache_dir, stages)
     cache = BaseCache(cache_dir / f"base-bpd-{parent_sha[:16]}.npz" if cache_dir else None)
     context = RunContext(base, result, config, remember, remember_holdout, unseen, space, sha,
                          {"parent_sha256": parent_sha, **(model_meta or {})}, device, started, stages, frechet,
                          probe, cache, precision.describe())
-    reports, figures = {}, {}
-    measured: dict[str, tuple[Tensor, Tensor]] = {}
-    for plan in planned:
-        reports[plan.request.key], figures[plan.request.key] = report_for(plan, context, measured, rebalance,
-                                                                          shares)
-    cache.save()
-    phase("reporting")
-    with stages("html"):
-        html = {key: render_html(report, figures[key]) for key, report in reports.items()}
+    reports, html = _reports(planned, context, rebalance, shares, phase)
     return PipelineResult(sha, result.criterion_met, result.iterations, reports, html, stages.seconds)
 
 

@@ -135,27 +135,30 @@ def tame(
         max_abs_d = d_all.abs().max().item()
         capped = it >= config.max_iterations
         if _should_stop(d_all, share, config, share_stop) or capped:
-            if on_phase is not None:
-                on_phase("confirming")
-            final = run.confirm()
-            met = _share_reached(share, config, share_stop) if share is not None else confirmed(final.d, config)
+            met, final = _confirm(run, share, capped, share_stop, on_phase)
             if met or capped:
                 break
-            run.adopt(final)  # not confirmed: go on with the fresh statistics
-            if on_phase is not None:
-                on_phase("taming")
-        losses = run.losses(fwd)
-        values = run.step(losses)
-        if values is None:
-            continue
-        record = {"iteration": float(run.loop.iteration), **values,
-                  "max_abs_d": max_abs_d, "mu_r": run.loop.mu, "sigma_r": run.loop.sigma, "lr": run.loop.lr,
-                  **({"share": share} if share is not None else {})}
-        run.loop.history.append(record)
-        if on_step is not None:
-            on_step(run.info(max_abs_d, share, record))
+        values = run.step(run.losses(fwd))
+        if values is not None:
+            record = run.record(values, max_abs_d, share)
+            if on_step is not None:
+                on_step(run.info(max_abs_d, share, record))
     return TameResult(tamed, met, run.loop.iteration, _reason(met, capped), final.d, final.bpd, final.mu, final.sigma,
                       share, run.loop.history, time.perf_counter() - run.start, run.confirm_seconds)
+
+
+def _confirm(run: _Run, share: float | None, capped: bool, share_stop: Callable[[float], bool] | None,
+             on_phase: Callable[[str], None] | None) -> tuple[bool, _Final]:
+    """Confirm a stop on fresh statistics; an unconfirmed one goes on iterating with them."""
+    if on_phase is not None:
+        on_phase("confirming")
+    final = run.confirm()
+    met = _share_reached(share, run.config, share_stop) if share is not None else confirmed(final.d, run.config)
+    if not (met or capped):
+        run.adopt(final)
+        if on_phase is not None:
+            on_phase("taming")
+    return met, final
 
 
 class _Run:
@@ -309,6 +312,14 @@ class _Run:
         self.loop.iteration += 1
         self.loop.elapsed = time.perf_counter() - self.start
         return dict(zip(losses, read, strict=False))
+
+    def record(self, values: dict[str, float], max_abs_d: float, share: float | None) -> dict[str, float]:
+        """One iteration's entry of the history (the report's loss curves)."""
+        loop = self.loop
+        entry = {"iteration": float(loop.iteration), **values, "max_abs_d": max_abs_d, "mu_r": loop.mu,
+                 "sigma_r": loop.sigma, "lr": loop.lr, **({"share": share} if share is not None else {})}
+        loop.history.append(entry)
+        return entry
 
     def info(self, max_abs_d: float, share: float | None, record: dict[str, float]) -> StepInfo:
         loop, config = self.loop, self.config

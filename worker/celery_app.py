@@ -14,26 +14,20 @@ from app.queue import SWEEP_TASK, celery_app, configure
 from app.settings import get_settings
 from app.sweeper import Timings
 
-_settings: Any = None
-
-
-def current_settings() -> Any:
-    """The settings the worker runs with (`configure_worker`'s, else the environment's)."""
-    return _settings if _settings is not None else get_settings()
-
 
 def configure_worker(settings: Any = None) -> Celery:
     """Configure `celery_app` for a worker process and register the tasks."""
-    global _settings
-    _settings = settings or get_settings()
-    configure(_settings)
+    settings = settings or get_settings()
+    configure(settings)
     celery_app.conf.update(
+        # the tasks read the settings from the app (worker/tasks.py), so that a worker runs with these
+        taming_settings=settings,
         # Beat (when run: `celery -A worker.celery_app beat`, or `taming worker --beat`) rings the
         # sweeper; `taming worker` also sweeps from a thread, so a deployment without beat loses nothing.
         beat_schedule={
-            "sweep": {"task": SWEEP_TASK, "schedule": Timings.from_settings(_settings).sweep_interval_seconds}
+            "sweep": {"task": SWEEP_TASK, "schedule": Timings.from_settings(settings).sweep_interval_seconds}
         },
-        beat_schedule_filename=str(Path(_settings.var_dir) / "celerybeat-schedule"),
+        beat_schedule_filename=str(Path(settings.var_dir) / "celerybeat-schedule"),
         # The worker's own log format is enough; keep Celery from taking over the root logger twice.
         worker_redirect_stdouts=False,
     )

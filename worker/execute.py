@@ -31,10 +31,10 @@ from taming.precision import Precision
 from taming.requests import RequestProblem, request_problem
 from taming.tame import TamingError
 from worker import finish, remember_sets, run_folders
+from worker.batch import Batch
 from worker.finish import LeaseLost, RunCancelled, RunTimeLimit
 from worker.monitor import RunMonitor
 from worker.progress import Goal, PhaseClock, previous_phase_seconds
-from worker.runner import Batch
 
 log = logging.getLogger(__name__)
 

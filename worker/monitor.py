@@ -25,9 +25,9 @@ from app.models import Job
 from app.storage import Storage
 from app.sweeper import Timings, utcnow
 from worker import lease
+from worker.batch import Batch
 from worker.finish import LeaseLost, RunCancelled, RunTimeLimit
 from worker.progress import Goal, PhaseClock, Trend, taming_eta
-from worker.runner import Batch
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -28,6 +27,7 @@ from app.models import Job, ModelVersion
 from app.sweeper import Timings, give_up, utcnow
 from rules.method import DEFAULT_METHOD, coalesce_images
 from worker import lease
+from worker.batch import Batch
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +38,6 @@ FORGET = "forget_identity"
 # did not reach the threshold in 800 iterations (each image was pushed only 1 step in 7), so larger
 # requests run one after another on the same lease instead.
 MAX_COALESCE_IMAGES = 8
-
-
-@dataclass
-class Batch:
-    """The jobs one taming run carries."""
-
-    run_id: str
-    model_id: str
-    job_ids: list[str]
-    base_version: int
-    attempts: int
-    resumed: bool
 
 
 def actor() -> str:
@@ -125,29 +113,8 @@ def claim_batch(session: Any, model_id: str, t: Timings, settings: Any) -> Batch
         select(Job).where(Job.model_id == model_id, Job.state == "running").order_by(Job.created_at)
     ).all()
     if running:
-        # Only the lease holder runs a model's jobs, so these belong to a holder that died: resume them
-        # as they were (same run id, same job set) from the state that run saved.
-        run_id = running[0].run_id or uuid.uuid4().hex
-        jobs = [j for j in running if (j.run_id or run_id) == run_id]
-        if max(j.attempts for j in jobs) >= t.max_attempts:
-            message = (
-                f"This job was started {jobs[0].attempts} times and its worker stopped each time (crash, "
-                f"restart or lost machine); gave up after {t.max_attempts} attempts. The model was not changed."
-            )
-            from app.storage import get_storage
-
-            for job in jobs:
-                give_up(session, job, message, actor(), now, get_storage(settings))
-            _cleanup(settings, jobs)
-            return claim_batch(session, model_id, t, settings)
-        for job in jobs:
-            job.run_id = run_id
-            job.attempts += 1
-            job.heartbeat_at = now
-            audit.record(session, actor(), "job.resumed", job.id, {"run_id": run_id, "attempt": job.attempts})
-        base = jobs[0].base_version if jobs[0].base_version is not None else newest_version(session, model_id)
-        return Batch(run_id, model_id, [j.id for j in jobs], base, max(j.attempts for j in jobs), True)
-
+        batch = _resume(session, model_id, running, t, settings, now)
+        return batch if batch is not None else claim_batch(session, model_id, t, settings)
     queued = session.scalars(
         select(Job).where(Job.model_id == model_id, Job.state == "queued").order_by(Job.created_at)
     ).all()
@@ -156,11 +123,41 @@ def claim_batch(session: Any, model_id: str, t: Timings, settings: Any) -> Batch
     queued = [j for j in queued if not j.cancel_requested]
     if not queued:
         return None
+    batch = _claim(session, model_id, _coalesced(queued), now)
+    return batch if batch is not None else claim_batch(session, model_id, t, settings)
+
+
+def _resume(session: Any, model_id: str, running: list[Job], t: Timings, settings: Any, now: Any) -> Batch | None:
+    """Running jobs belong to a holder that died (only the lease holder runs a model's jobs): resume them as
+    they were (same run id, same job set) from the state that run saved, or give up on them (then None)."""
+    run_id = running[0].run_id or uuid.uuid4().hex
+    jobs = [j for j in running if (j.run_id or run_id) == run_id]
+    if max(j.attempts for j in jobs) >= t.max_attempts:
+        message = (
+            f"This job was started {jobs[0].attempts} times and its worker stopped each time (crash, "
+            f"restart or lost machine); gave up after {t.max_attempts} attempts. The model was not changed."
+        )
+        from app.storage import get_storage
+
+        for job in jobs:
+            give_up(session, job, message, actor(), now, get_storage(settings))
+        _cleanup(settings, jobs)
+        return None
+    for job in jobs:
+        job.run_id = run_id
+        job.attempts += 1
+        job.heartbeat_at = now
+        audit.record(session, actor(), "job.resumed", job.id, {"run_id": run_id, "attempt": job.attempts})
+    base = jobs[0].base_version if jobs[0].base_version is not None else newest_version(session, model_id)
+    return Batch(run_id, model_id, [j.id for j in jobs], base, max(j.attempts for j in jobs), True)
+
+
+def _coalesced(queued: list[Job]) -> list[Job]:
+    """The first queued job and the waiting forget requests with the same parameters that may join its run:
+    as many as the method converges in one run (rules/method.py); the rest run one after another."""
     first = queued[0]
     chosen = [first]
     if first.kind == FORGET:
-        # Coalesce: waiting forget requests with the same parameters join this run while it stays as large as
-        # the method converges (rules/method.py); larger requests run one after another on the same lease.
         images = _forget_images(first)
         cap = coalesce_images((first.parameters or {}).get("method") or DEFAULT_METHOD)
         for job in queued[1:]:
@@ -168,6 +165,11 @@ def claim_batch(session: Any, model_id: str, t: Timings, settings: Any) -> Batch
             if same and images + _forget_images(job) <= cap:
                 chosen.append(job)
                 images += _forget_images(job)
+    return chosen
+
+
+def _claim(session: Any, model_id: str, chosen: list[Job], now: Any) -> Batch | None:
+    """Mark the chosen jobs running in one new run; None when the API cancelled all of them meanwhile."""
     base = newest_version(session, model_id)
     run_id = uuid.uuid4().hex
     taken: list[Job] = []
@@ -176,22 +178,14 @@ def claim_batch(session: Any, model_id: str, t: Timings, settings: Any) -> Batch
         claimed = session.execute(
             update(Job)
             .where(Job.id == job.id, Job.state == "queued")
-            .values(
-                state="running",
-                run_id=run_id,
-                base_version=base,
-                attempts=Job.attempts + 1,
-                started_at=func.coalesce(Job.started_at, now),
-                heartbeat_at=now,
-                progress={},
-                error=None,
-            )
+            .values(state="running", run_id=run_id, base_version=base, attempts=Job.attempts + 1,
+                    started_at=func.coalesce(Job.started_at, now), heartbeat_at=now, progress={}, error=None)
             .execution_options(synchronize_session=False)
         )
         if claimed.rowcount == 1:
             taken.append(job)
     if not taken:
-        return claim_batch(session, model_id, t, settings)
+        return None
     ids = [j.id for j in taken]
     for job in taken:
         session.refresh(job)

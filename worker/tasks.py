@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from app.queue import RUN_JOB_TASK, SWEEP_TASK, celery_app
-from worker.celery_app import current_settings
+from app.settings import get_settings
 
 log = logging.getLogger(__name__)
+
+
+def current_settings() -> Any:
+    """The settings the worker was configured with (worker/celery_app.py), else the environment's."""
+    return celery_app.conf.get("taming_settings") or get_settings()
 
 
 @celery_app.task(name=RUN_JOB_TASK, ignore_result=True)
