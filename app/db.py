@@ -10,9 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, Request
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -74,16 +73,3 @@ def session_scope(settings: Settings | None = None) -> Iterator[Session]:
         raise
     finally:
         session.close()
-
-
-def _request_session(request: Request) -> Iterator[Session]:
-    # Routes commit explicitly (a job must be committed before its doorbell rings); anything left
-    # uncommitted when the request ends is rolled back by close().
-    session = new_session(request.app.state.settings)
-    try:
-        yield session
-    finally:
-        session.close()
-
-
-SessionDep = Annotated[Session, Depends(_request_session)]

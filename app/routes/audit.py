@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from app import audit, audit_query
 from app.audit_query import AuditHead, AuditList, AuditVerdict, list_entries
 from app.auth import ReaderKey
-from app.db import SessionDep
+from app.deps import SessionDep
 from app.errors import ERROR_RESPONSES
 from app.models import AuditLog
 

@@ -9,8 +9,7 @@ from sqlalchemy import select
 
 from app import classifiers
 from app.auth import CurrentKey, SubmitterKey
-from app.db import SessionDep
-from app.deps import SettingsDep, StorageDep
+from app.deps import SessionDep, SettingsDep, StorageDep
 from app.errors import ERROR_RESPONSES
 from app.models import Classifier
 from app.schemas import ClassifierList, ClassifierOut

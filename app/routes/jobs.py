@@ -9,8 +9,7 @@ from fastapi.responses import HTMLResponse, StreamingResponse
 
 from app import events, jobs
 from app.auth import CurrentKey, SubmitterKey, visible_job
-from app.db import SessionDep
-from app.deps import EnqueueDep, SettingsDep, StorageDep
+from app.deps import EnqueueDep, SessionDep, SettingsDep, StorageDep
 from app.errors import BODY_RESPONSES, ERROR_RESPONSES, QUOTA_RESPONSES, ApiError
 from app.schemas import TEXT_PATTERN, JobList, JobOut
 

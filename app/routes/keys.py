@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from app import keys
 from app.auth import AdminKey
-from app.db import SessionDep
+from app.deps import SessionDep
 from app.errors import ERROR_RESPONSES
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"], responses=ERROR_RESPONSES)

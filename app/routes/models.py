@@ -11,8 +11,7 @@ from sqlalchemy import select
 
 from app import lineage, registry
 from app.auth import AdminKey, CurrentKey, ReaderKey
-from app.db import SessionDep
-from app.deps import SettingsDep, StorageDep
+from app.deps import SessionDep, SettingsDep, StorageDep
 from app.errors import BODY_RESPONSES, ERROR_RESPONSES
 from app.models import Model
 from app.schemas import TEXT_PATTERN, ModelList, ModelOut, PromoteRequest, VersionList, VersionOut, VersionPath

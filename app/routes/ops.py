@@ -10,8 +10,7 @@ from sqlalchemy import text
 
 from app import metrics, verify
 from app.auth import CurrentKey
-from app.db import SessionDep
-from app.deps import SettingsDep, StorageDep, VerifierDep
+from app.deps import SessionDep, SettingsDep, StorageDep, VerifierDep
 from app.errors import BODY_RESPONSES, ERROR_RESPONSES
 from app.schemas import MAX_VERSION, TEXT_PATTERN, Health, VerifyOut
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from app import webhooks
 from app.auth import CurrentKey, visible_job
-from app.db import SessionDep
+from app.deps import SessionDep
 from app.errors import ERROR_RESPONSES
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
