@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from app import migrate
 from app.auth import create_key
@@ -19,6 +20,8 @@ from app.client import ApiClient
 from app.db import session_scope
 from app.demo import demo_settings, free_port
 from app.settings import child_environment
+
+pytestmark = pytest.mark.slow  # the whole service in processes, killed: `make test-all` and CI
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "att32"

@@ -16,6 +16,8 @@ from app.models import Job, Model
 from app.storage import get_storage
 from app.sweeper import sweep_once
 
+pytestmark = pytest.mark.slow  # real worker processes: `make test-all` and CI run them
+
 SLOW_STEP = 0.15  # seconds of sleep per iteration, so that a run lasts long enough to kill or cancel
 # Meets the criterion in about 20-30 iterations on the tiny model (a small δ, the scale-free forget loss).
 QUICK = {"max_iterations": 80, "delta": 1.0, "epsilon": 0.5, "lr": 3e-3, "forget_loss": "scale_free"}

@@ -15,6 +15,8 @@ from sqlalchemy import select
 from app.db import session_scope
 from app.models import AuditLog
 
+pytestmark = pytest.mark.slow  # real worker processes: `make test-all` and CI run them
+
 STEP = 0.1  # seconds per fake iteration
 # 4 s a job; 5 + 5 photos exceed the paper method's coalescing cap of 8, so two jobs never share a run
 PARAMS = {"method": "paper", "max_iterations": 40, "delta": 2.0}
