@@ -15,7 +15,9 @@ from typing import Any
 
 import httpx
 
-TERMINAL = ("succeeded", "failed", "cancelled")
+from rules.jobs import TERMINAL_STATES
+
+TERMINAL = TERMINAL_STATES
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pgm")
 
 

@@ -16,9 +16,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
-TERMINAL_STATES = ("succeeded", "failed", "cancelled")
-JOB_KINDS = ("forget_identity", "rebalance_attribute")
+from rules.jobs import JOB_KINDS, JOB_STATES, TERMINAL_STATES  # noqa: F401  (re-exported: one definition)
+
 ROLES = ("admin", "operator", "auditor")
 
 

@@ -25,14 +25,15 @@ from app import audit, webhooks
 from app.db import session_scope
 from app.models import Job, ModelVersion
 from app.sweeper import Timings, give_up, utcnow
+from rules.jobs import TERMINAL_STATES, JobKind
 from rules.method import DEFAULT_METHOD, coalesce_images
 from worker import lease
 from worker.batch import Batch
 
 log = logging.getLogger(__name__)
 
-TERMINAL = {"succeeded", "failed", "cancelled"}
-FORGET = "forget_identity"
+TERMINAL = set(TERMINAL_STATES)
+FORGET = JobKind.FORGET
 # Images in one coalesced run: at most one forget batch, so that every image is in every step as in a
 # single run. Measured on the shipped model: 8 people x 7 photos in one run with the paper's batch of 8
 # did not reach the threshold in 800 iterations (each image was pushed only 1 step in 7), so larger
