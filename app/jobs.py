@@ -21,7 +21,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app import audit, classifiers, uploads, webhooks
+from app import audit, classifiers, upload_store, uploads, webhooks
 from app.auth import sees_all
 from app.errors import ApiError, not_found
 from app.models import TERMINAL_STATES, ApiKey, Job, Model, new_id, utcnow
@@ -139,13 +139,13 @@ def submit(session: Session, storage: Storage, settings: Settings, key: ApiKey, 
         session.commit()
     except IntegrityError:  # the same Idempotency-Key raced in from a parallel request
         session.rollback()
-        storage.delete_prefix(f"uploads/{job_id}/")
+        upload_store.delete(storage, job_id)
         if (earlier := _replay(session, key, idem_key, digest)) is not None:
             return earlier, True
         raise
     except BaseException:
         session.rollback()
-        storage.delete_prefix(f"uploads/{job_id}/")
+        upload_store.delete(storage, job_id)
         raise
     return job, False
 
@@ -217,7 +217,8 @@ def cancel(session: Session, storage: Storage, key: ApiKey, job: Job) -> Job:
         webhooks.record(session, job, webhooks.COMPLETED)
     session.commit()
     if job.state == "cancelled":
-        storage.delete_prefix(f"uploads/{job.id}/")
+        upload_store.delete(storage, job.id, ended=job, session=session, actor=key.id)
+        session.commit()
     return job
 
 

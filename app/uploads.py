@@ -13,6 +13,7 @@ from typing import Any, BinaryIO
 
 from fastapi import UploadFile
 
+from app import upload_store
 from app.errors import ApiError
 from app.images import ImageProblem, Inspected, inspect
 from app.settings import Settings
@@ -103,12 +104,12 @@ def store_all(storage: Storage, job_id: str, incoming: list[Incoming]) -> list[d
     entries: list[dict[str, Any]] = []
     try:
         for item in incoming:
-            key = f"uploads/{job_id}/{item.field}/{item.index:04d}{item.info.ext}"
+            key = upload_store.key(job_id, item.field, item.index, item.info.ext)
             item.upload.file.seek(0)
             storage.put_file(key, item.upload.file)
             entries.append({"field": item.field, "key": key, "sha256": item.sha256, "name": item.name,
                             "excluded_reason": item.info.excluded_reason})
     except BaseException:
-        storage.delete_prefix(f"uploads/{job_id}/")
+        upload_store.delete(storage, job_id)
         raise
     return entries

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from app import audit, job_reports, revisions, webhooks
+from app import audit, job_reports, revisions, upload_store, webhooks
 from app.db import session_scope
 from app.models import Job, Model, ModelVersion
 from app.storage import get_storage
@@ -83,13 +83,9 @@ def _end_jobs(session: Any, job_ids: list[str], state: str, iterations: int | No
 
 def _delete_uploads(settings: Any, jobs: list[Job]) -> None:
     storage = get_storage(settings)
-    for job in jobs:
-        storage.delete_prefix(f"uploads/{job.id}/")
     with session_scope(settings) as session:
         for job in jobs:
-            audit.record(session, _actor(), "job.uploads_deleted", job.id,
-                         {"files": len(job.uploads or []), "keys": [u.get("key") for u in job.uploads or []],
-                          "sha256": [u.get("sha256") for u in job.uploads or []]})
+            upload_store.delete(storage, job.id, ended=job, session=session, actor=_actor())
 
 
 def cleanup_run(batch: Any, settings: Any) -> None:

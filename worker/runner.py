@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 
-from app import audit, webhooks
+from app import audit, upload_store, webhooks
 from app.db import session_scope
 from app.models import Job, ModelVersion
 from app.sweeper import Timings, give_up, utcnow
@@ -142,7 +142,7 @@ def _resume(session: Any, model_id: str, running: list[Job], t: Timings, setting
 
         for job in jobs:
             give_up(session, job, message, actor(), now, get_storage(settings))
-        _cleanup(settings, jobs)
+        _cleanup(session, settings, jobs)
         return None
     for job in jobs:
         job.run_id = run_id
@@ -209,11 +209,12 @@ def _cancel_queued(session: Any, job: Job, now: Any, settings: Any) -> None:
         audit.record(session, actor(), "job.cancelled", job.id, {"when": "before it started"})
         session.refresh(job)
         webhooks.record(session, job, webhooks.COMPLETED)
-        _cleanup(settings, [job])
+        _cleanup(session, settings, [job])
 
 
-def _cleanup(settings: Any, jobs: list[Job]) -> None:
-    """Delete the uploads (and saved run state) of jobs that ended without running to the end.
+def _cleanup(session: Any, settings: Any, jobs: list[Job]) -> None:
+    """Delete the uploads (audited in the caller's session) and saved run state of jobs that ended without
+    running to the end.
 
     Before the commit is fine: a job that is ending never needs its uploads again, and if the commit
     fails the next attempt ends it the same way.
@@ -222,6 +223,6 @@ def _cleanup(settings: Any, jobs: list[Job]) -> None:
 
     storage = get_storage(settings)
     for job in jobs:
-        storage.delete_prefix(f"uploads/{job.id}/")
+        upload_store.delete(storage, job.id, ended=job, session=session, actor=actor())
         if job.run_id:
             storage.delete_prefix(f"runs/{job.run_id}/")
