@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import UploadFile
 from sqlalchemy.orm import Session
 
-from app import audit
+from app import audit, storage_keys
 from app.errors import ApiError, not_found
 from app.models import ApiKey, Classifier, new_id
 from app.storage import Storage
@@ -75,7 +75,7 @@ def store(session: Session, storage: Storage, key: ApiKey, name: str, upload: Up
     row = Classifier(id=new_id(), name=name, sha256=sha256_of(upload.file), accuracy=measured["accuracy"],
                      sensitivity=measured["sensitivity"], specificity=measured["specificity"],
                      details={"accuracy": measured["record"], "recipe": measured["recipe"]}, created_by=key.id)
-    row.storage_key = f"classifiers/{row.id}.safetensors"
+    row.storage_key = storage_keys.classifier(row.id)
     storage.put_bytes(row.storage_key, data)
     session.add(row)
     session.flush()

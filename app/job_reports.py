@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from app import storage_keys
 from app.models import ApiKey, Job
 from app.storage import Storage
 
@@ -83,9 +84,9 @@ def failure_html(report: dict[str, Any]) -> str:
 
 def store(storage: Storage, job_id: str, report: dict[str, Any], page: str) -> str:
     """Write the JSON and HTML report; returns the JSON's key (the job's `report_key`)."""
-    key = f"reports/{job_id}.json"
+    key = storage_keys.report(job_id)
     storage.put_bytes(key, json.dumps(report, indent=2, default=str).encode())
-    storage.put_bytes(f"reports/{job_id}.html", page.encode())
+    storage.put_bytes(storage_keys.report(job_id, ".html"), page.encode())
     return key
 
 

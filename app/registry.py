@@ -17,7 +17,7 @@ from fastapi import UploadFile
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app import audit, lineage, remember_npz, revisions, uploads
+from app import audit, lineage, remember_npz, revisions, storage_keys, uploads
 from app.checkpoints import CheckpointInfo, CheckpointProblem, convert_rosinality, looks_like_safetensors, read_header
 from app.errors import ApiError, not_found
 from app.models import ApiKey, Model, ModelVersion, new_id
@@ -88,7 +88,7 @@ def register(session: Session, storage: Storage, settings: Settings, key: ApiKey
         held = _remember_items(remember_holdout, info, settings, "remember_holdout") if remember_holdout else []
         sha = uploads.sha256_of(src)
         try:
-            storage.put_file(f"checkpoints/{model_id}/v1.safetensors", src)
+            storage.put_file(storage_keys.checkpoint(model_id, 1), src)
             objects = [revisions.put_registered(storage, model_id, revisions.REMEMBER, file_name, upload.file)
                        for file_name, upload in items]
             objects += [revisions.put_registered(storage, model_id, revisions.REMEMBER_HOLDOUT, f"holdout/{file_name}",
@@ -98,7 +98,7 @@ def register(session: Session, storage: Storage, settings: Settings, key: ApiKey
             session.commit()
         except BaseException:
             session.rollback()
-            storage.delete_prefix(f"checkpoints/{model_id}/")
+            storage.delete_prefix(storage_keys.checkpoint_prefix(model_id))
             storage.delete_prefix(revisions.model_prefix(model_id))
             raise
     return model
@@ -113,7 +113,7 @@ def _insert(session: Session, key: ApiKey, model_id: str, name: str, info: Check
     session.add(model)
     session.flush()
     session.add(ModelVersion(model_id=model_id, version=1, parent=None, job_id=None, sha256=sha, promoted=True,
-                             checkpoint_key=f"checkpoints/{model_id}/v1.safetensors", remember_revision=1))
+                             checkpoint_key=storage_keys.checkpoint(model_id, 1), remember_revision=1))
     audit.record(session, key.id, "model.register", f"model:{model_id}",
                  {"name": name, "sha256": sha, "image_size": info.image_size, "channels": info.channels})
     return model

@@ -29,7 +29,7 @@ from typing import Any, BinaryIO
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app import audit, uploads
+from app import audit, storage_keys, uploads
 from app.models import Model, ModelVersion, RememberRevision, utcnow
 from app.storage import Storage
 
@@ -39,7 +39,7 @@ REMEMBER_HOLDOUT = "remember_holdout"  # held-out photos of the remembered peopl
 
 def model_prefix(model_id: str) -> str:
     """Where every remember-set object of a model lives (and nothing else)."""
-    return f"remember/{model_id}/"
+    return storage_keys.remember_prefix(model_id)
 
 
 def registered_key(model_id: str, name: str) -> str:

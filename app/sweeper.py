@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from app import audit, job_reports, upload_store, webhooks
+from app import audit, job_reports, storage_keys, upload_store, webhooks
 from app.models import Job, Model
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def _after_commit(session: Session, settings: Any, rescued: list[str], failed: l
         for job in session.scalars(select(Job).where(Job.id.in_(failed))):
             upload_store.delete(storage, job.id, ended=job, session=session, actor=ACTOR)
             if job.run_id:
-                storage.delete_prefix(f"runs/{job.run_id}/")
+                storage.delete_prefix(storage_keys.run_prefix(job.run_id))
         session.commit()
     for job_id in rescued:
         try:

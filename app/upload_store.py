@@ -1,4 +1,4 @@
-"""Where a job's uploaded photos live in storage, and the one function that deletes them.
+"""The one function that deletes a job's uploaded photos.
 
 Every ending of a job (success, failure, cancel, give-up) and every submission that never became a job
 deletes through `delete`; for a job that existed the audit log records which files left (the caller commits).
@@ -11,22 +11,14 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app import audit
+from app import audit, storage_keys
 from app.storage import Storage
-
-
-def prefix(job_id: str) -> str:
-    return f"uploads/{job_id}/"
-
-
-def key(job_id: str, field: str, index: int, ext: str) -> str:
-    return f"{prefix(job_id)}{field}/{index:04d}{ext}"
 
 
 def delete(storage: Storage, job_id: str, *, ended: Any = None, session: Session | None = None,
            actor: str = "") -> None:
     """Delete every uploaded file of a job; with the ended job and a session, audit it in that session."""
-    storage.delete_prefix(prefix(job_id))
+    storage.delete_prefix(storage_keys.uploads_prefix(job_id))
     if ended is not None and session is not None:
         files = ended.uploads or []
         audit.record(session, actor, "job.uploads_deleted", job_id,

@@ -13,7 +13,7 @@ from typing import Any, BinaryIO
 
 from fastapi import UploadFile
 
-from app import upload_store
+from app import storage_keys, upload_store
 from app.errors import ApiError
 from app.images import ImageProblem, Inspected, inspect
 from app.settings import Settings
@@ -104,7 +104,7 @@ def store_all(storage: Storage, job_id: str, incoming: list[Incoming]) -> list[d
     entries: list[dict[str, Any]] = []
     try:
         for item in incoming:
-            key = upload_store.key(job_id, item.field, item.index, item.info.ext)
+            key = storage_keys.upload(job_id, item.field, item.index, item.info.ext)
             item.upload.file.seek(0)
             storage.put_file(key, item.upload.file)
             entries.append({"field": item.field, "key": key, "sha256": item.sha256, "name": item.name,

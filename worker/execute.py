@@ -18,7 +18,7 @@ import torch
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from app import job_reports, revisions
+from app import job_reports, revisions, storage_keys
 from app.db import session_scope
 from app.models import TERMINAL_STATES, Classifier, Job, Model, ModelVersion, RememberRevision
 from app.schemas import JobParameters
@@ -165,8 +165,8 @@ def _fetch(inputs: _Inputs, batch: Batch, storage: Storage, tmp: Path) -> None:
     held = fetched.sets.get(revisions.REMEMBER_HOLDOUT)
     inputs.remember_holdout = held.faces if held is not None else None
     inputs.config = tame_config(checked_parameters(inputs.jobs[0].parameters or {}))
-    if batch.resumed and storage.exists(f"runs/{batch.run_id}/state.pt"):
-        storage.download(f"runs/{batch.run_id}/state.pt", tmp / "state.pt")
+    if batch.resumed and storage.exists(storage_keys.run_state(batch.run_id)):
+        storage.download(storage_keys.run_state(batch.run_id), tmp / "state.pt")
         inputs.resume_state = torch.load(tmp / "state.pt", weights_only=True, map_location="cpu")
     state = inputs.resume_state
     inputs.resumed_from = int(state.get("iteration", 0)) if isinstance(state, dict) else 0

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from app import audit, job_reports, revisions, upload_store, webhooks
+from app import audit, job_reports, revisions, storage_keys, upload_store, webhooks
 from app.db import session_scope
 from app.models import Job, Model, ModelVersion
 from app.storage import get_storage
@@ -89,7 +89,7 @@ def _delete_uploads(settings: Any, jobs: list[Job]) -> None:
 
 
 def cleanup_run(batch: Any, settings: Any) -> None:
-    get_storage(settings).delete_prefix(f"runs/{batch.run_id}/")
+    get_storage(settings).delete_prefix(storage_keys.run_prefix(batch.run_id))
 
 
 def fail_jobs(batch: Any, settings: Any, t: Timings, job_ids: list[str], message: str, result: Any = None) -> None:
@@ -199,7 +199,7 @@ def _upload_artefacts(storage: Any, batch: Any, result: Any, checkpoint: Path) -
     """The tamed checkpoint and every job's reports; returns the checkpoint's key."""
     if result.sha256 != _file_sha256(checkpoint):
         raise RuntimeError("the tamed checkpoint does not match the SHA-256 the pipeline reported")
-    key = f"checkpoints/{batch.model_id}/v{batch.base_version + 1}.safetensors"
+    key = storage_keys.checkpoint(batch.model_id, batch.base_version + 1)
     with open(checkpoint, "rb") as f:
         storage.put_file(key, f)
     for job_id in batch.job_ids:
@@ -233,7 +233,7 @@ def _record_success(session: Any, batch: Any, result: Any, key: str,
         audit.record(session, _actor(), "model.current_version", model.id, {"version": new_version})
     ended = _end_jobs(session, batch.job_ids, "succeeded", result.iterations, version=new_version, error=None)
     for job in ended:
-        job.report_key = f"reports/{job.id}.json"
+        job.report_key = storage_keys.report(job.id)
         audit.record(session, _actor(), "job.succeeded", job.id, {"version": new_version, "sha256": sha})
     return ended
 

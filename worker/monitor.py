@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from sqlalchemy import select, update
 
+from app import storage_keys
 from app.db import session_scope
 from app.models import Job
 from app.storage import Storage
@@ -87,7 +88,7 @@ class RunMonitor:
         with tempfile.NamedTemporaryFile(suffix=".pt") as tmp:
             torch.save(info.state(), tmp.name)
             with open(tmp.name, "rb") as f:
-                self.storage.put_file(f"runs/{self.batch.run_id}/state.pt", f)
+                self.storage.put_file(storage_keys.run_state(self.batch.run_id), f)
         self.last_state_iteration = iteration
 
     def write_progress(self, info: Any, iteration: int) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 
-from app import audit, upload_store, webhooks
+from app import audit, storage_keys, upload_store, webhooks
 from app.db import session_scope
 from app.models import Job, ModelVersion
 from app.sweeper import Timings, give_up, utcnow
@@ -225,4 +225,4 @@ def _cleanup(session: Any, settings: Any, jobs: list[Job]) -> None:
     for job in jobs:
         upload_store.delete(storage, job.id, ended=job, session=session, actor=actor())
         if job.run_id:
-            storage.delete_prefix(f"runs/{job.run_id}/")
+            storage.delete_prefix(storage_keys.run_prefix(job.run_id))

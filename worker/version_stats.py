@@ -13,13 +13,14 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from app import storage_keys
 from app.storage import Storage
 
 SOURCES = ("run", "reference_set")
 
 
 def key(model_id: str, version: int) -> str:
-    return f"stats/{model_id}/v{version}.json"
+    return storage_keys.version_stats(model_id, version)
 
 
 def write(storage: Storage, model_id: str, version: int, sha256: str, stats: dict[str, Any], source: str) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, File, Form, Header, Query, Request, Response, UploadFile
 from fastapi.responses import HTMLResponse, StreamingResponse
 
-from app import events, jobs
+from app import events, jobs, storage_keys
 from app.auth import CurrentKey, SubmitterKey, visible_job
 from app.deps import EnqueueDep, SessionDep, SettingsDep, StorageDep
 from app.errors import BODY_RESPONSES, ERROR_RESPONSES, QUOTA_RESPONSES, ApiError
@@ -74,7 +74,7 @@ def cancel_job(job_id: str, key: SubmitterKey, session: SessionDep, storage: Sto
 
 def _report(session: SessionDep, storage: StorageDep, key: CurrentKey, job_id: str, ext: str) -> bytes:
     job = visible_job(session, key, job_id)
-    report_key = (job.report_key or f"reports/{job.id}.json").removesuffix(".json") + ext
+    report_key = (job.report_key or storage_keys.report(job.id)).removesuffix(".json") + ext
     try:
         return storage.get_bytes(report_key)
     except KeyError:
