@@ -51,8 +51,9 @@ def lfw_sets_for(person: str, folder: Path, size: int, channels: int) -> dict[st
             "unseen": load(folder / "unseen.npz")}
 
 
-def run(sets: dict[str, Any], model: Path, method: str, cache: Path, max_iterations: int) -> dict[str, Any]:
-    config = method_config(method, max_iterations=max_iterations)
+def run(sets: dict[str, Any], model: Path, method: str, cache: Path, max_iterations: int,
+        overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    config = method_config(method, **{"max_iterations": max_iterations, **(overrides or {})})
     holdout = sets["holdout"] if len(sets["holdout"]) else None
     with tempfile.TemporaryDirectory() as tmp:
         result = run_requests(model, sets["trained"], [Request("p", sets["forget"], holdout)], config,
@@ -117,6 +118,8 @@ def main() -> None:
     parser.add_argument("--lfw-sets", type=Path, default=Path("var/lfw"))
     parser.add_argument("--max-iterations", type=int, default=800)
     parser.add_argument("--json", type=Path, default=None, help="append every report here (JSON lines)")
+    parser.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE",
+                        help="override a knob of every method (a variant; the method column names it)")
     args = parser.parse_args()
     from att_sets import MODEL
 
@@ -125,6 +128,7 @@ def main() -> None:
     model = args.model or MODEL
     arch = json.loads(read_metadata(model)["config"])
     cache = Path(tempfile.gettempdir()) / "taming-bench-cache"
+    overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
     print("| " + " | ".join(COLUMNS) + " |")
     print("|" + "---|" * len(COLUMNS))
     failed = []
@@ -133,14 +137,15 @@ def main() -> None:
                 else lfw_sets_for(person, args.lfw_sets, arch["img_size"], arch["in_channel"]))
         for method in args.methods.split(","):
             started = time.perf_counter()
-            report = run(sets, model, method, cache, args.max_iterations)
-            line, missed = row(person, method, report, 0.03 if args.data == "att" else 0.01)
+            report = run(sets, model, method, cache, args.max_iterations, overrides)
+            label = "+".join([method, *args.set])
+            line, missed = row(person, label, report, 0.03 if args.data == "att" else 0.01)
             print(line, flush=True)
             if args.json:
                 with args.json.open("a") as f:
-                    f.write(json.dumps({"person": person, "method": method, "report": report}) + "\n")
+                    f.write(json.dumps({"person": person, "method": label, "report": report}) + "\n")
             if missed:
-                failed.append(f"{person} {method}: " + "; ".join(missed))
+                failed.append(f"{person} {label}: " + "; ".join(missed))
             print(f"<!-- {person} {method}: {time.perf_counter() - started:.0f} s -->", file=sys.stderr, flush=True)
     print("\nall bars hold" if not failed else "\nbars missed:\n" + "\n".join(failed))
 
