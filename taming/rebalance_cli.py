@@ -20,7 +20,7 @@ from taming.attribute import MIN_ACCURACY
 
 def _model_shape(model_path: str) -> tuple[int, int]:
     from taming.checkpoint import CheckpointError, read_metadata
-    from taming.cli import fail
+    from taming.cli_common import fail
 
     try:
         config = json.loads(read_metadata(model_path)["config"])
@@ -32,7 +32,7 @@ def _model_shape(model_path: str) -> tuple[int, int]:
 def _sides(positive: str | None, negative: str | None, data: str | None, size: int, channels: int) -> Any:
     """(positive, negative) FaceSets from --positive/--negative, or from --data (folders or an npz label array)."""
     from taming.attribute import load_labelled
-    from taming.cli import fail, load_set
+    from taming.cli_common import fail, load_set
     from taming.data import DataError
 
     if data:
@@ -75,7 +75,7 @@ def train_classifier_command(positive: str | None, negative: str | None, data: s
                              members: int, steps: int, folds: int, rows: str | None, net: str, seed: int) -> None:
     """Train an attribute classifier and measure its accuracy by person; exit 2 when below 75%."""
     from taming.attribute import Recipe, fit_classifier, save_classifier
-    from taming.cli import fail
+    from taming.cli_common import fail
 
     band = None
     if rows:
@@ -125,7 +125,7 @@ def rebalance_command(model_path: str, classifier_path: str, positive: str | Non
                       delta: float, method: str, max_iterations: int, samples: int, monitor_samples: int | None,
                       temperature: float, seed: int, out: str, report_path: str) -> None:
     """Tame the model until the attribute's corrected share reaches TARGET; exit 1 if not reached by the cap."""
-    from taming.cli import fail, load_set
+    from taming.cli_common import fail, load_set
 
     size, channels = _model_shape(model_path)
     classifier = _load_classifier(classifier_path)
@@ -149,7 +149,7 @@ def rebalance_command(model_path: str, classifier_path: str, positive: str | Non
 
 def _load_classifier(path: str) -> Any:
     from taming.attribute import load_classifier
-    from taming.cli import fail
+    from taming.cli_common import fail
 
     try:
         return load_classifier(path)

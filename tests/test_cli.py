@@ -130,11 +130,10 @@ def test_sample_verify_and_import(workspace: Path, tmp_path: Path) -> None:
 
 
 def test_rebalancing_an_attribute_reports_its_share(workspace: Path, two_people: FaceSet, tmp_path: Path) -> None:
+    from taming.attribute import Recipe, fit_classifier, save_classifier
     from taming.data import load_faces
     from taming.pipeline import Rebalance, Request, run_requests
     from taming.tame import TameConfig
-
-    from taming.attribute import Recipe, fit_classifier, save_classifier
 
     positive = load_faces(workspace / "forget", 16, 1).subset(np.arange(4))  # "the attribute": person 0
     negative = load_faces(workspace / "remember", 16, 1)
@@ -150,7 +149,7 @@ def test_rebalancing_an_attribute_reports_its_share(workspace: Path, two_people:
     assert share["target"] == 0.0 and share["samples"] == 64 and share["classifier"]["grouping"] == "image"
     assert share["before_interval"][0] <= share["before"] <= share["before_interval"][1]
     assert result.criterion_met == share["reached"]
-    assert [t["iteration"] for t in share["trace"]][0] == 0
+    assert share["trace"][0]["iteration"] == 0
     assert "bpd_forget" in report["metrics"] and "data:image/png;base64" in result.html["r"]
 
 
