@@ -47,7 +47,7 @@ def _run(operation: object, mode: GenerationMode, service: Api, failures: list[s
         run()
     except Unsatisfiable:
         pass  # no invalid request exists for an operation without parameters (negative mode)
-    except Exception as exc:  # noqa: BLE001 - every operation's failure is collected, then all are reported
+    except Exception as exc:  # every operation's failure is collected, then all are reported
         failures.append(f"{operation.label} ({mode}): {str(exc)[:1500]}")  # type: ignore[attr-defined]
     return calls
 
