@@ -99,10 +99,11 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for code, text in [(401, "missing or unknown API key"), (403, "role not allowed"), (404, "not found"),
                        (422, "invalid input")]
 }
-# Routes that take a body: it may be too large (413) or too slow to arrive (408).
+# Routes that take a body: it may be unparseable (400), too large (413) or too slow to arrive (408).
 BODY_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
-    for code, text in [(408, "the body stopped arriving"), (413, "body, file or file count over its cap")]
+    for code, text in [(400, "the body cannot be parsed (malformed JSON or multipart)"),
+                       (408, "the body stopped arriving"), (413, "body, file or file count over its cap")]
 }
 QUOTA_RESPONSES: dict[int | str, dict[str, Any]] = {
     429: {"model": ErrorResponse, "description": "quota exceeded (Retry-After says when to try again)"}}

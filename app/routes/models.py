@@ -81,7 +81,7 @@ def download_checkpoint(model_id: str, version: VersionPath, _key: ReaderKey, se
     return FileResponse(path, media_type="application/octet-stream", filename=f"{model_id}-v{version}.safetensors")
 
 
-@router.post("/{model_id}/versions/{version}:promote", response_model=ModelOut)
+@router.post("/{model_id}/versions/{version}:promote", response_model=ModelOut, responses=BODY_RESPONSES)
 def promote_version(model_id: str, version: VersionPath, key: AdminKey, session: SessionDep,
                     req: Annotated[PromoteRequest | None, Body()] = None) -> ModelOut:
     """Make a version current (admin); going back past an erasure needs force and a reason."""
