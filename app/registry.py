@@ -99,14 +99,14 @@ def register(session: Session, storage: Storage, settings: Settings, key: ApiKey
         except BaseException:
             session.rollback()
             storage.delete_prefix(storage_keys.checkpoint_prefix(model_id))
-            storage.delete_prefix(revisions.model_prefix(model_id))
+            storage.delete_prefix(storage_keys.remember_prefix(model_id))
             raise
     return model
 
 
 def _insert(session: Session, key: ApiKey, model_id: str, name: str, info: CheckpointInfo, sha: str,
             require_promotion: bool | None, settings: Settings, has_holdout: bool = False) -> Model:
-    model = Model(id=model_id, name=name, current_version=1, remember_prefix=revisions.model_prefix(model_id),
+    model = Model(id=model_id, name=name, current_version=1, remember_prefix=storage_keys.remember_prefix(model_id),
                   remember_holdout_prefix=revisions.registered_key(model_id, "holdout/") if has_holdout else None,
                   image_size=info.image_size, channels=info.channels, n_bits=info.n_bits, created_by=key.id,
                   require_promotion=settings.require_promotion if require_promotion is None else require_promotion)

@@ -37,17 +37,12 @@ REMEMBER = "remember"  # the reference remember set; a model may carry more name
 REMEMBER_HOLDOUT = "remember_holdout"  # held-out photos of the remembered people (optional)
 
 
-def model_prefix(model_id: str) -> str:
-    """Where every remember-set object of a model lives (and nothing else)."""
-    return storage_keys.remember_prefix(model_id)
-
-
 def registered_key(model_id: str, name: str) -> str:
-    return f"{model_prefix(model_id)}{name}"
+    return f"{storage_keys.remember_prefix(model_id)}{name}"
 
 
 def run_key(model_id: str, run_id: str, name: str) -> str:
-    return f"{model_prefix(model_id)}runs/{run_id}/{name}"
+    return f"{storage_keys.remember_prefix(model_id)}runs/{run_id}/{name}"
 
 
 def entry(set_name: str, key: str, sha256: str | None, size: int | None) -> dict[str, Any]:
@@ -188,7 +183,7 @@ def purge(session: Session, storage: Storage, model_id: str, actor: str, *, orph
             if o["key"] not in keep:
                 doomed[o["key"]] = o.get("sha256")
     if orphans:
-        for key in storage.list(model_prefix(model_id)):
+        for key in storage.list(storage_keys.remember_prefix(model_id)):
             if key not in keep and key not in doomed:
                 doomed[key] = _sha_of(storage, key)
     if not doomed and not stale:

@@ -33,7 +33,7 @@ class Stack:
 def embedded_stack(features: bool = True) -> Stack:
     """A fresh stack in a temporary folder; with `features`, the feature network trained up front, as a service
     does on its first job for a model (cached once per model: not part of any erasure's cost)."""
-    from app import revisions
+    from app import revisions, storage_keys
     from app.db import session_scope
     from app.migrate import upgrade
     from app.models import Model, ModelVersion, new_id
@@ -56,7 +56,8 @@ def embedded_stack(features: bool = True) -> Stack:
     with open(MODEL / "remember.npz", "rb") as f:
         remember = revisions.put_registered(storage, model_id, revisions.REMEMBER, "remember.npz", f)
     with session_scope(settings) as s:
-        s.add(Model(id=model_id, name="bench", current_version=1, remember_prefix=revisions.model_prefix(model_id),
+        s.add(Model(id=model_id, name="bench", current_version=1,
+                    remember_prefix=storage_keys.remember_prefix(model_id),
                     image_size=32, channels=1, n_bits=5, created_by="bench"))
         s.flush()
         s.add(ModelVersion(model_id=model_id, version=1, parent=None, sha256=file_sha256(base), promoted=True,

@@ -35,3 +35,4 @@ _wspec.loader.exec_module(_worker)
 
 model_files = _worker.model_files
 embedded = _worker.embedded
+fake_stack = _worker.fake_stack

@@ -26,11 +26,8 @@ PARAMS = {"max_iterations": 6, "delta": 2.0, "method": "paper"}
 
 
 @pytest.fixture
-def stack(embedded: Any, model_files: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> tuple[Any, str]:
-    monkeypatch.setattr("taming.pipeline.run_requests", fake_pipeline.run_requests)
-    monkeypatch.setattr(fake_pipeline, "STEP_SECONDS", 0.0)
-    fake_pipeline.RUNS.clear()
-    return embedded, h.add_model(embedded, model_files)
+def stack(fake_stack: tuple[Any, str]) -> tuple[Any, str]:
+    return fake_stack
 
 
 def _png(level: int, size: int = 16) -> bytes:

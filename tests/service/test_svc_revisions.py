@@ -11,7 +11,7 @@ from sqlalchemy import select, text
 from svc_api import Api
 from svc_media import png
 
-from app import migrate, revisions
+from app import migrate, revisions, storage_keys
 from app.db import get_engine, session_scope
 from app.models import AuditLog, Job, Model, ModelVersion, RememberRevision, utcnow
 from app.settings import Settings
@@ -46,7 +46,7 @@ def test_registration_records_revision_1(api: Api, model: dict[str, Any]) -> Non
         assert row is not None and row.parent is None
         objects = row.objects or []
     assert [o["sha256"] for o in objects] == [hashlib.sha256(png(16, seed=i)).hexdigest() for i in range(3)]
-    assert {o["key"] for o in objects} == set(api.storage.list(revisions.model_prefix(model["id"])))
+    assert {o["key"] for o in objects} == set(api.storage.list(storage_keys.remember_prefix(model["id"])))
     listed = api.client.get(f"/v1/models/{model['id']}/versions", headers=api.h("auditor")).json()["items"]
     assert [(v["version"], v["remember_revision"], v["erasures"]) for v in listed] == [(1, 1, [])]
 
@@ -88,7 +88,7 @@ def test_sweeper_deletes_superseded_objects_and_audits_them(api: Api, model: dic
         session.execute(text("UPDATE model_versions SET remember_revision = 2 WHERE version = 2"))
     with session_scope(api.settings) as session:
         assert sweep_once(session, api.settings)["purged"] == [mid]
-    assert api.storage.list(revisions.model_prefix(mid)) == sorted(o["key"] for o in kept)
+    assert api.storage.list(storage_keys.remember_prefix(mid)) == sorted(o["key"] for o in kept)
     with session_scope(api.settings) as session:
         row = session.scalars(select(AuditLog).where(AuditLog.action == "remember.objects_deleted")).one()
         assert (row.actor, row.details["keys"], row.details["sha256"]) == ("sweeper", [gone["key"]], [gone["sha256"]])

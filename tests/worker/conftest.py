@@ -194,3 +194,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     rep = yield
     setattr(item, f"rep_{rep.when}", rep)
     return rep
+
+
+@pytest.fixture
+def fake_stack(embedded: Any, model_files: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> tuple[Any, str]:
+    """The embedded stack with one tiny model, its runs on the fake pipeline (no sleeping, no torch work)."""
+    import fake_pipeline
+
+    # through monkeypatch, so that the real pipeline is back for the tests that run after these
+    monkeypatch.setattr("taming.pipeline.run_requests", fake_pipeline.run_requests)
+    monkeypatch.setattr(fake_pipeline, "STEP_SECONDS", 0.0)
+    fake_pipeline.RUNS.clear()
+    return embedded, helpers.add_model(embedded, model_files)

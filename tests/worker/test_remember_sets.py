@@ -12,7 +12,7 @@ import pytest
 import worker_helpers as h
 from sqlalchemy import select
 
-from app import revisions
+from app import revisions, storage_keys
 from app.db import session_scope
 from app.migrate import upgrade
 from app.models import AuditLog, Model, ModelVersion, RememberRevision, new_id
@@ -39,7 +39,7 @@ def _model(settings: Settings, files: dict[str, bytes], legacy: bool = False) ->
     objects = [revisions.put_registered(storage, model_id, revisions.REMEMBER, name, io.BytesIO(blob))
                for name, blob in files.items()]
     with session_scope(settings) as session:
-        session.add(Model(id=model_id, name=model_id, remember_prefix=revisions.model_prefix(model_id),
+        session.add(Model(id=model_id, name=model_id, remember_prefix=storage_keys.remember_prefix(model_id),
                           image_size=h.SIZE, channels=1, n_bits=5, created_by="admin"))
         session.flush()
         session.add(ModelVersion(model_id=model_id, version=1, checkpoint_key="k", sha256="s", remember_revision=1))
@@ -98,7 +98,7 @@ def test_image_revision_shares_the_objects_that_stay(settings: Settings, tmp_pat
     fetched = _fetch(settings, model_id, tmp_path / "r1")
     new = remember_sets.plan_next(fetched, [_request(tmp_path, 5, slice(1, 3))], tmp_path / "next", model_id, "run1")
     assert new is not None and new.uploads == [] and new.images == 4  # no identity labels: the matching images
-    prefix = revisions.model_prefix(model_id)
+    prefix = storage_keys.remember_prefix(model_id)
     assert new.removed[0]["objects"] == [f"{prefix}00001.png", f"{prefix}00002.png"]
     assert [o["key"] for o in new.objects] == [f"{prefix}{n}" for n in ("00000.png", "00003.png", "00004.png",
                                                                        "00005.png")]
@@ -124,7 +124,7 @@ def test_commit_then_purge_keeps_only_the_live_revision(settings: Settings, tmp_
         assert held is not None and held.keys == [orphan]
         assert held.sha256 == [hashlib.sha256(b"left by a run that died before its commit").hexdigest()]
         assert revisions.purge(session, storage, model_id, "worker", orphans=True) is None
-    assert storage.list(revisions.model_prefix(model_id)) == [key for key, _ in new.uploads]
+    assert storage.list(storage_keys.remember_prefix(model_id)) == [key for key, _ in new.uploads]
     with session_scope(settings) as session:
         created = session.scalars(select(AuditLog).where(AuditLog.action == "remember.revision_created")).one()
         assert created.details["removed"][0]["identities"] == [1] and created.details["images"] == 30

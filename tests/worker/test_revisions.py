@@ -9,7 +9,7 @@ from typing import Any
 
 import worker_helpers as h
 
-from app import lineage, registry, revisions
+from app import lineage, registry, storage_keys
 from app.db import session_scope
 from app.storage import get_storage
 from app.sweeper import sweep_once
@@ -26,7 +26,7 @@ def _sweep(settings: Any) -> None:
 
 
 def _run_keys(settings: Any, model_id: str) -> list[str]:
-    return [k for k in get_storage(settings).list(revisions.model_prefix(model_id)) if "/runs/" in k]
+    return [k for k in get_storage(settings).list(storage_keys.remember_prefix(model_id)) if "/runs/" in k]
 
 
 def _erase(settings: Any, model_id: str, person: int) -> tuple[Any, dict[str, Any]]:
@@ -92,7 +92,7 @@ def test_kill9_while_writing_a_revision_loses_nothing(distributed: Any, model_fi
     local = settings.var_dir / "r2.npz"
     get_storage(settings).download(written[0], local)
     assert file_sha256(local) == revs[1].objects[0]["sha256"]
-    h.wait_for(lambda: get_storage(settings).list(revisions.model_prefix(model_id)) == written, 30,
+    h.wait_for(lambda: get_storage(settings).list(storage_keys.remember_prefix(model_id)) == written, 30,
                "the superseded revision to be deleted")
     assert h.photos_in_storage(settings, [3]) == []
 

@@ -26,12 +26,8 @@ PARAMS = {"max_iterations": 12, "delta": 2.0}
 
 
 @pytest.fixture
-def stack(embedded: Any, model_files: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> tuple[Any, str]:
-    # through monkeypatch, so that the real pipeline is back for the tests that run after these
-    monkeypatch.setattr("taming.pipeline.run_requests", fake_pipeline.run_requests)
-    monkeypatch.setattr(fake_pipeline, "STEP_SECONDS", 0.0)
-    fake_pipeline.RUNS.clear()
-    return embedded, h.add_model(embedded, model_files)
+def stack(fake_stack: tuple[Any, str]) -> tuple[Any, str]:
+    return fake_stack
 
 
 def test_lease_is_exclusive_until_it_expires(stack: tuple[Any, str]) -> None:

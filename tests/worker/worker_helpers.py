@@ -55,7 +55,7 @@ def write_remember(folder: Path, remember_ids: list[int]) -> Path:
 
 def add_model(settings: Any, files: dict[str, Any], name: str = "faces") -> str:
     """Register a model with version 1 the way `POST /v1/models` would."""
-    from app import revisions
+    from app import revisions, storage_keys
     from app.db import session_scope
     from app.models import Model, ModelVersion, new_id
     from app.storage import get_storage
@@ -67,7 +67,8 @@ def add_model(settings: Any, files: dict[str, Any], name: str = "faces") -> str:
     with open(files["remember"], "rb") as f:
         remember = revisions.put_registered(storage, model_id, revisions.REMEMBER, "remember.npz", f)
     with session_scope(settings) as session:
-        session.add(Model(id=model_id, name=name, current_version=1, remember_prefix=revisions.model_prefix(model_id),
+        session.add(Model(id=model_id, name=name, current_version=1,
+                          remember_prefix=storage_keys.remember_prefix(model_id),
                           image_size=SIZE, channels=1, n_bits=5, created_by="admin"))
         session.flush()
         session.add(ModelVersion(model_id=model_id, version=1, parent=None, job_id=None,
