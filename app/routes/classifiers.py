@@ -10,14 +10,14 @@ from sqlalchemy import select
 from app import classifiers
 from app.auth import CurrentKey, SubmitterKey
 from app.deps import SessionDep, SettingsDep, StorageDep
-from app.errors import ERROR_RESPONSES
+from app.errors import BODY_RESPONSES, ERROR_RESPONSES
 from app.models import Classifier
 from app.schemas import ClassifierList, ClassifierOut
 
 router = APIRouter(prefix="/v1/classifiers", tags=["classifiers"], responses=ERROR_RESPONSES)
 
 
-@router.post("", status_code=201, response_model=ClassifierOut)
+@router.post("", status_code=201, response_model=ClassifierOut, responses=BODY_RESPONSES)
 def create_classifier(
     key: SubmitterKey, session: SessionDep, settings: SettingsDep, storage: StorageDep,
     name: Annotated[str, Form(min_length=1, max_length=200)],
