@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,9 @@ class TameConfig:
     alpha: float = 0.6  # weight of the forget loss
     gamma: float = 0.6  # weight of the KL terms inside the remember loss
     lr: float = 5e-5
-    forget_batch: int = 8
+    forget_batch: int = 8  # the smallest forget batch; forget_share grows it with D_F
+    forget_share: float = 0.0  # forget batch = this share of D_F's images, between forget_batch and forget_batch_max
+    forget_batch_max: int = 32
     remember_batch: int = 8
     max_iterations: int = 800
     stats_every: int = 10  # re-estimate μ_R, σ_R every this many iterations
@@ -41,6 +44,11 @@ class TameConfig:
     @property
     def eps(self) -> float:
         return self.epsilon if self.epsilon is not None else 0.15 * abs(self.delta)
+
+    def forget_batch_for(self, k: int) -> int:
+        """Forget images per step when D_F holds k: a fixed 8 leaves each of 100 photos out of 12 steps in 13."""
+        grown = math.ceil(self.forget_share * k)
+        return min(k, max(self.forget_batch, min(grown, self.forget_batch_max)))
 
     @property
     def estimator(self) -> str:

@@ -216,12 +216,13 @@ class _Run:
     def batch(self) -> tuple[Tensor, Tensor]:
         """(forget indices, remember indices) of this step."""
         c, k = self.config, len(self.forget_q)
-        if k <= c.forget_batch:
+        size = c.forget_batch_for(k)
+        if k <= size:
             forget_idx = torch.arange(k)
         elif c.batch_policy == "lowest":
             forget_idx = _lowest(self.loop.tracked, self.loop.mu, self.loop.sigma, c, self.gen)
         else:
-            forget_idx = torch.randperm(k, generator=self.gen)[: c.forget_batch]
+            forget_idx = torch.randperm(k, generator=self.gen)[:size]
         n_near = c.remember_batch - self.n_random
         remember_idx = torch.randint(len(self.remember_q), (self.n_random,), generator=self.gen)
         if n_near:
@@ -340,6 +341,8 @@ def _check(config: TameConfig) -> None:
             raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(config, name)!r}")
     if config.forget_draws < 1 or config.confirm_draws < 1:
         raise ValueError("forget_draws and confirm_draws must be at least 1")
+    if not 0.0 <= config.forget_share <= 1.0 or config.forget_batch_max < config.forget_batch:
+        raise ValueError("forget_share must lie in [0, 1] and forget_batch_max be at least forget_batch")
 
 
 def _lowest(tracked: Tensor, mu: float, sigma: float, config: TameConfig, gen: torch.Generator) -> Tensor:
@@ -347,7 +350,7 @@ def _lowest(tracked: Tensor, mu: float, sigma: float, config: TameConfig, gen: t
     d = distances(tracked, mu, sigma, config)
     behind = (-d if config.delta >= 0 else d).nan_to_num(math.inf)
     jitter = torch.rand(len(d), generator=gen, dtype=torch.float64) * 1e-9
-    return torch.argsort(behind + jitter, descending=True)[: config.forget_batch]
+    return torch.argsort(behind + jitter, descending=True)[: config.forget_batch_for(len(d))]
 
 
 def _reason(met: bool, capped: bool) -> str:

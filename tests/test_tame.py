@@ -143,6 +143,17 @@ def test_lowest_policy_picks_the_images_farthest_below_the_threshold() -> None:
     assert mirrored.tolist() == [2, 0]  # δ < 0: the highest bpd is farthest on the wrong side
 
 
+def test_the_forget_batch_grows_with_the_request_between_its_bounds() -> None:
+    from taming.tame import _check as tame_check
+
+    config = TameConfig(forget_batch=8, forget_share=0.25, forget_batch_max=32)
+    sizes = {k: config.forget_batch_for(k) for k in (5, 7, 40, 61, 134, 500)}
+    assert sizes == {5: 5, 7: 7, 40: 10, 61: 16, 134: 32, 500: 32}
+    assert TameConfig().forget_batch_for(134) == 8  # the paper's fixed batch
+    with pytest.raises(ValueError, match="forget_share"):
+        tame_check(TameConfig(forget_share=1.5))
+
+
 def test_resume_of_the_improved_method_continues_exactly(tiny_base: Glow, two_people: FaceSet) -> None:
     from taming.tame import method_config
 
