@@ -1,9 +1,6 @@
 """What an uploaded image is, decided by its content, and whether it fits a model.
 
-The mapping rule mirrors `taming.data.to_square` and the identity screen mirrors `taming.data.screen`
-(the API must not import taming/, which pulls in torch): a grey image cannot feed a colour model, the
-shorter side must be at least the model's size, colour is converted to grey for a grey model. Images
-too dark or too flat carry no identity; they are flagged, not rejected.
+Whether it fits and whether it carries an identity is rules/images.py, the rule the worker's loader applies too.
 """
 
 from __future__ import annotations
@@ -12,12 +9,10 @@ import warnings
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from PIL import Image, ImageStat
+from PIL import Image
 
-MIN_MEAN = 12.0  # taming.data.MIN_MEAN
-MIN_STD = 8.0  # taming.data.MIN_STD
-GREY_MODES = ("L", "I;16", "I", "1")
-COLOUR_MODES = ("RGB", "RGBA", "P", "CMYK", "YCbCr")
+from rules.images import UnfitImage, screen, to_square
+
 EXTENSIONS = {"PNG": ".png", "JPEG": ".jpg", "PPM": ".pgm"}
 
 
@@ -76,37 +71,7 @@ def inspect(fileobj: BinaryIO, size: int, channels: int, max_pixels: int) -> Ins
 
 def fit(img: Image.Image, size: int, channels: int) -> str | None:
     """Raise if the image cannot be mapped to the model; else why it carries no identity (or None)."""
-    if img.mode in GREY_MODES:
-        source_channels = 1
-    elif img.mode in COLOUR_MODES:
-        source_channels = 3
-    else:
-        raise ImageProblem(f"unsupported image mode {img.mode}")
-    if source_channels == 1 and channels == 3:
-        raise ImageProblem("grey image given to a colour model (it needs 3 channels)")
-    if min(img.size) < size:
-        raise ImageProblem(f"image of {img.size[0]}x{img.size[1]} is smaller than the model's {size}x{size}")
-    return screen(_to_square(img, size, channels))
-
-
-def _to_square(img: Image.Image, size: int, channels: int) -> Image.Image:
-    img = img.convert("L" if channels == 1 else "RGB")
-    w, h = img.size
-    scale = size / min(w, h)
-    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BILINEAR)
-    w, h = img.size
-    left, top = (w - size) // 2, (h - size) // 2
-    return img.crop((left, top, left + size, top + size))
-
-
-def screen(img: Image.Image) -> str | None:
-    """Why the image carries no identity (too dark, too flat), over all its channels, or None."""
-    stat = ImageStat.Stat(img)
-    n = len(stat.count) * stat.count[0]
-    mean = sum(stat.sum) / n
-    var = max(0.0, (sum(stat.sum2) - n * mean * mean) / max(1, n - 1))  # unbiased, as torch.std
-    if mean < MIN_MEAN:
-        return f"nearly black image (mean level {mean:.1f} of 255)"
-    if var**0.5 < MIN_STD:
-        return f"nearly uniform image (contrast {var**0.5:.1f} of 255)"
-    return None
+    try:
+        return screen(to_square(img, size, channels))
+    except UnfitImage as exc:
+        raise ImageProblem(str(exc)) from None

@@ -16,10 +16,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
+from rules import images as images_rule
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".pgm"}
-# Below these (on 0..255) an image is too dark or too flat to carry a face (DESIGN.md section 4, step 9).
-MIN_MEAN = 12.0
-MIN_STD = 8.0
 
 
 class DataError(ValueError):
@@ -81,24 +80,11 @@ def _index_within_identity(identity: np.ndarray) -> np.ndarray:
 
 
 def to_square(img: Image.Image, size: int, channels: int) -> np.ndarray:
-    """Resize the shorter side to `size`, centre-crop, convert to `channels` -> uint8 [C, S, S]."""
-    if img.mode in ("L", "I;16", "I", "1"):
-        source_channels = 1
-    elif img.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr"):
-        source_channels = 3
-    else:
-        raise DataError(f"unsupported image mode {img.mode}")
-    if source_channels == 1 and channels == 3:
-        raise DataError("grey image given to a colour model (it needs 3 channels)")
-    if min(img.size) < size:
-        raise DataError(f"image of {img.size[0]}x{img.size[1]} is smaller than the model's {size}x{size}")
-    img = img.convert("L" if channels == 1 else "RGB")
-    w, h = img.size
-    scale = size / min(w, h)
-    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BILINEAR)
-    w, h = img.size
-    left, top = (w - size) // 2, (h - size) // 2
-    arr = np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    """The image as the model sees it (rules/images.py) -> uint8 [C, S, S]."""
+    try:
+        arr = np.asarray(images_rule.to_square(img, size, channels), dtype=np.uint8)
+    except images_rule.UnfitImage as exc:
+        raise DataError(str(exc)) from None
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 
@@ -172,14 +158,7 @@ def to_uint8(x: Tensor) -> Tensor:
 
 
 def screen(images: Tensor) -> list[str | None]:
-    """Why each uint8 image [N, C, H, W] carries no identity (too dark, too flat), or None if it may."""
+    """Why each uint8 image [N, C, H, W] carries no identity (too dark, too flat; rules/images.py), or None."""
     flat = images.float().flatten(1)
-    reasons: list[str | None] = []
-    for mean, std in zip(flat.mean(1).tolist(), flat.std(1).tolist(), strict=True):
-        if mean < MIN_MEAN:
-            reasons.append(f"nearly black image (mean level {mean:.1f} of 255)")
-        elif std < MIN_STD:
-            reasons.append(f"nearly uniform image (contrast {std:.1f} of 255)")
-        else:
-            reasons.append(None)
-    return reasons
+    return [images_rule.reason_from(mean, std)
+            for mean, std in zip(flat.mean(1).tolist(), flat.std(1).tolist(), strict=True)]

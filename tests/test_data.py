@@ -58,3 +58,22 @@ def test_screen_names_images_without_identity() -> None:
     reasons = screen(torch.cat([face, black, flat]))
     assert reasons[0] is None and "black" in str(reasons[1]) and "uniform" in str(reasons[2])
 
+
+
+def test_a_16_bit_photo_maps_like_its_8_bit_version_in_the_loader_and_the_upload_check() -> None:
+    import io
+
+    from app.images import inspect
+    from taming.data import to_square
+
+    rng = np.random.default_rng(0)
+    grey8 = rng.integers(30, 220, size=(40, 48), dtype=np.uint8)
+    png16 = io.BytesIO()
+    Image.fromarray(grey8.astype(np.uint16) * 257).save(png16, format="PNG")  # 16 bits per pixel
+    png16.seek(0)
+    with Image.open(png16) as img:
+        assert img.mode.startswith("I")
+        deep = to_square(img, 32, 1).astype(int)
+    shallow = to_square(Image.fromarray(grey8), 32, 1).astype(int)
+    assert np.abs(deep - shallow).max() <= 1  # before the rule, convert("L") clipped it to white: "uniform"
+    assert inspect(png16, 32, 1, max_pixels=10**6).excluded_reason is None
