@@ -6,6 +6,9 @@ Starts the API (uvicorn, one process) against a fresh PostgreSQL database (TAMIN
 postgres@127.0.0.1/test's server), seeds one job, then polls it with N concurrent httpx clients for a
 while; does the same against a FastAPI app whose one endpoint returns a constant, in the same run.
 Goal (issue 3): at least half the bare endpoint's throughput, p99 under 20 ms. Loopback only.
+
+With `--streams N` (issue 11: goal p99 under 1 s, 0 errors, beside 100 streams), the API is polled once more
+while N clients hold `GET /v1/jobs/{id}/events` open on the same job.
 """
 
 from __future__ import annotations
@@ -100,6 +103,38 @@ async def load(url: str, headers: dict[str, str], clients: int, seconds: float) 
     return len(latencies), latencies, errors
 
 
+async def hold_streams(url: str, headers: dict[str, str], n: int, seconds: float) -> int:
+    """Keep n event streams open for `seconds`; how many failed to open."""
+    failed = 0
+
+    async def one() -> None:
+        nonlocal failed
+        async with httpx.AsyncClient(headers=headers, timeout=seconds + 10) as client:
+            try:
+                async with client.stream("GET", url) as r:
+                    failed += r.status_code != 200
+                    async for _ in r.aiter_lines():
+                        pass
+            except httpx.HTTPError:
+                failed += 1
+
+    tasks = [asyncio.create_task(one()) for _ in range(n)]
+    await asyncio.sleep(seconds)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return failed
+
+
+async def load_beside_streams(base: str, headers: dict[str, str], clients: int, streams: int,
+                              seconds: float) -> tuple[tuple[int, list[float], int], int]:
+    job_url = base
+    holding = asyncio.create_task(hold_streams(f"{base}/events", headers, streams, seconds + 2))
+    await asyncio.sleep(1.0)  # every stream has opened and polled
+    polled = await load(job_url, headers, clients, seconds)
+    return polled, await holding
+
+
 def serve(target: list[str], port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "uvicorn", *target, "--host", "127.0.0.1", "--port", str(port),
            "--log-level", "warning", "--no-access-log"]
@@ -127,6 +162,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--streams", type=int, default=0, help="then poll again beside this many event streams")
     opts = parser.parse_args()
     from app.settings import Settings, child_environment
 
@@ -147,6 +183,12 @@ def main() -> None:
             api_rate = report("GET /v1/jobs/{id}", *api, opts.seconds)
             bare_rate = report("bare constant", *bare, opts.seconds)
             print(f"ratio (API / bare)     {api_rate / bare_rate:.2f}   (goal >= 0.5)")
+            if opts.streams:
+                polled, failed = asyncio.run(load_beside_streams(
+                    f"http://127.0.0.1:{api_port}/v1/jobs/{job_id}", {"Authorization": f"Bearer {key}"},
+                    opts.clients, opts.streams, opts.seconds))
+                report(f"beside {opts.streams} streams", *polled, opts.seconds)
+                print(f"streams that failed    {failed}   (goal: p99 < 1 s, 0 errors)")
     finally:
         for proc in procs:
             proc.terminate()

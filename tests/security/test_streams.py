@@ -38,7 +38,9 @@ def _streams_leave_the_api_answering(api: Api, n: int) -> None:
         r = api.client.get(path, headers=api.h("operator"))
         slowest = max(slowest, time.monotonic() - started)
         assert r.status_code == 200, r.text
-    assert slowest < 1.0, f"a read took {slowest:.2f} s beside {n} open streams"
+    # A stream that held its session starved the pool: reads waited out its 30 s timeout or failed. The latency
+    # goal (p99 < 1 s beside 100 streams) is a figure of bench/api_poll.py --streams, not a timed test.
+    assert slowest < 10.0, f"a read took {slowest:.2f} s beside {n} open streams"
     assert not bodies, "no stream may end while the job runs"
     with session_scope(api.settings) as session:
         session.execute(update(Job).where(Job.id == job_id).values(state="succeeded", finished_at=utcnow()))
