@@ -36,7 +36,7 @@ from taming.device import to_device
 from taming.glow import Glow
 from taming.likelihood import importance_weighted_bpd
 from taming.loop_state import Loop, TamingError, recover, restore_state, save_state, snapshot
-from taming.losses import anchor_loss, forget_loss, remember_loss, symmetric_kl_loss, total_loss
+from taming.losses import anchor_loss, forget_loss, mean_rise, remember_loss, symmetric_kl_loss, total_loss
 from taming.threshold import bpd_of, confirmed, distances, remember_bpd, remember_stats
 
 # Re-exported: the loop's configuration and threshold live in their own modules.
@@ -293,6 +293,8 @@ class _Run:
         if c.remember_loss == "anchored":
             l_r = ((1 - c.gamma) * anchor_loss(fwd.remember, bpd_b, loop.sigma0)
                    + c.gamma * symmetric_kl_loss(fwd.remember, bpd_b))
+            if c.remember_pull > 0:
+                l_r = l_r + c.remember_pull * mean_rise(fwd.remember, bpd_b, loop.sigma0)
         else:
             l_r = remember_loss(fwd.remember, bpd_b, c.gamma)
         return {"loss": total_loss(l_f, l_r, c.alpha), "forget_loss": l_f, "remember_loss": l_r}

@@ -58,3 +58,15 @@ def test_anchor_loss_is_zero_where_the_base_is_and_grows_with_the_gap() -> None:
     assert loss.item() == pytest.approx(1.0 / 3, rel=1e-5)  # one image one σ away: (1^2 + 0 + 0) / 3
     loss.backward()
     assert moved.grad is not None and moved.grad[0] > 0 and moved.grad[1] == 0
+
+
+def test_mean_rise_pulls_every_image_equally_even_beside_the_anchor() -> None:
+    from taming.losses import mean_rise
+
+    base = torch.tensor([2.0, 2.5, 3.0])
+    moved = torch.tensor([2.1, 2.6, 3.1], requires_grad=True)
+    rise = mean_rise(moved, base, 0.1)
+    assert rise.item() == pytest.approx(1.0, rel=1e-5)  # the batch's mean one σ up
+    rise.backward()
+    assert moved.grad is not None and torch.allclose(moved.grad, torch.full((3,), 1 / 0.3))
+    assert mean_rise(base - 0.1, base, 0.1).item() == pytest.approx(-1.0, rel=1e-5)  # below the base: negative
