@@ -11,7 +11,7 @@ from typing import Any
 # The paper's method with the details DESIGN.md section 4 settles.
 PAPER: dict[str, Any] = {
     "delta": 4.0, "epsilon": None, "alpha": 0.6, "gamma": 0.6, "lr": 5e-5, "forget_batch": 8, "forget_share": 0.0,
-    "forget_batch_max": 32, "remember_batch": 8,
+    "forget_batch_max": 32, "forget_per_image": False, "remember_batch": 8,
     "max_iterations": 800, "stats_every": 10, "stats_images": 1024, "confirm_draws": 5, "forget_loss": "paper",
     "forget_draws": 1, "batch_policy": "random", "stop_rule": "paper", "certify": "mean", "certify_images": 1024,
     "remember_loss": "paper", "remember_pull": 0.0, "near_fraction": 0.0, "even_weight": 0.0, "stats_rule": "refresh",

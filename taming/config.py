@@ -19,6 +19,7 @@ class TameConfig:
     forget_batch: int = 8  # the smallest forget batch; forget_share grows it with D_F
     forget_share: float = 0.0  # forget batch = this share of D_F's images, between forget_batch and forget_batch_max
     forget_batch_max: int = 32
+    forget_per_image: bool = False  # weigh the forget loss by batch / forget_batch: each image as in a batch of 8
     remember_batch: int = 8
     max_iterations: int = 800
     stats_every: int = 10  # re-estimate μ_R, σ_R every this many iterations

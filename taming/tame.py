@@ -290,6 +290,9 @@ class _Run:
         l_f = forget_loss(fwd.forget, loop.mu + c.delta * loop.sigma, _scale(c, loop.sigma))
         if c.even_weight > 0:
             l_f = l_f + c.even_weight * fwd.uneven.mean() / loop.sigma0
+        if c.forget_per_image:
+            # a mean over a batch grown past forget_batch gives each image less pull against the remember loss
+            l_f = l_f * max(1.0, len(fwd.forget) / c.forget_batch)
         if c.remember_loss == "anchored":
             l_r = ((1 - c.gamma) * anchor_loss(fwd.remember, bpd_b, loop.sigma0)
                    + c.gamma * symmetric_kl_loss(fwd.remember, bpd_b))

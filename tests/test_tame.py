@@ -154,6 +154,19 @@ def test_the_forget_batch_grows_with_the_request_between_its_bounds() -> None:
         tame_check(TameConfig(forget_share=1.5))
 
 
+def test_forget_per_image_weighs_a_grown_batch_as_batches_of_forget_batch(tiny_base: Glow,
+                                                                          two_people: FaceSet) -> None:
+    x = quantize(two_people.images, 5)
+    forget, remember = x[:12], x[20:]
+    seen: dict[bool, float] = {}
+    for per_image in (False, True):
+        config = TameConfig(forget_batch=4, forget_share=1.0, forget_batch_max=12, forget_per_image=per_image,
+                            max_iterations=1, stats_images=20, lr=0.0)
+        tame(copy.deepcopy(tiny_base), tiny_base, forget, remember, config,
+             on_step=lambda info, p=per_image: seen.__setitem__(p, info.losses["forget_loss"]))
+    assert seen[True] == pytest.approx(3 * seen[False], rel=1e-5)  # 12 images in one batch = three batches of 4
+
+
 def test_resume_of_the_improved_method_continues_exactly(tiny_base: Glow, two_people: FaceSet) -> None:
     from taming.tame import method_config
 
