@@ -117,8 +117,10 @@ def claimed(session: Session, jobs: Sequence[Job], run_id: str, base_version: in
 
 
 def _running(jobs: Sequence[Job]) -> None:
+    """Raise unless every job is running (these transitions keep it running; a queued job is claimed instead)."""
     for job in jobs:
-        check(job, RUNNING)
+        if job.state != RUNNING:
+            raise IllegalTransition(f"job {job.id}: {job.state} -> running is no transition that keeps it running")
 
 
 def resumed(session: Session, jobs: Sequence[Job], run_id: str, actor: str, now: datetime | None = None) -> None:

@@ -254,3 +254,17 @@ def test_sweeper_rescues_stale_jobs_and_gives_up_after_max_attempts(stack: tuple
     assert get_storage(settings).list(f"uploads/{dead}/") == []
     with session_scope(settings) as s:  # rescued once per stale period, not once per sweep
         assert sweep_once(s, settings)["enqueued"] == [forgotten]
+
+
+def test_the_criterion_message_speaks_of_what_the_job_asked_for() -> None:
+    from types import SimpleNamespace
+
+    from rules.jobs import JobKind
+    from worker.finish import criterion_message
+
+    result, config = SimpleNamespace(iterations=300), SimpleNamespace(max_iterations=300)
+    erasure = criterion_message(result, config)
+    assert "within 300 iterations" in erasure and "likelihood threshold" in erasure
+    rebalance = criterion_message(result, config, JobKind.REBALANCE, 0.3)
+    assert "within 300 iterations" in rebalance and "share" in rebalance and "target of 0.30" in rebalance
+    assert "likelihood threshold" not in rebalance and "face" not in rebalance
