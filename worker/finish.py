@@ -2,12 +2,12 @@
 
 Each ending goes through app/lifecycle.py: in one transaction the jobs' final state, its audit record, the
 `job.completed` webhook (the delivery loop of app/webhook_delivery.py sends it, outside the run) and the
-deletion of the jobs' uploads (a person's images do not outlive their request). On success the artefacts are uploaded first (the new
-remember-set revision's objects among them), then one transaction adds the version with its revision, moves
-the model's current version and marks every job succeeded: a crash between the two re-runs from the saved
-state and overwrites the same keys, so the revision and the version exist together or not at all, and the
-unique (model_id, parent) constraint refuses a second version on the same parent whatever happens. Only
-after that commit are the superseded remember-set objects deleted (app/revisions.py).
+deletion of the jobs' uploads (a person's images do not outlive their request). On success the artefacts are
+uploaded first (the new remember-set revision's objects among them), then one transaction adds the version
+with its revision, moves the model's current version and marks every job succeeded: a crash between the two
+re-runs from the saved state and overwrites the same keys, so the revision and the version exist together or
+not at all, and the unique (model_id, parent) constraint refuses a second version on the same parent whatever
+happens. Only after that commit are the superseded remember-set objects deleted (app/revisions.py).
 """
 
 from __future__ import annotations
