@@ -3,8 +3,8 @@
 ```
   submitted ──> queued ──claimed──> running ──succeeded──> succeeded
                   │  ^                │ │ ^ ──failed─────> failed      (gave_up: its holder died max_attempts times)
-                  │  └───requeued─────┘ │ │ ──cancelled──> cancelled   (it stopped at the next iteration)
-                  │                     └─┘ resumed / rescued / retried (running -> running)
+                  │  └─requeued,──────┘ │ │ ──cancelled──> cancelled   (it stopped at the next iteration)
+                  │    retried          └─┘ resumed / rescued (a dead holder's run goes on)
                   └──cancelled (before it started)──> cancelled
 ```
 
@@ -41,7 +41,7 @@ from rules.jobs import TERMINAL_STATES, JobState, finished
 QUEUED, RUNNING = JobState.QUEUED, JobState.RUNNING
 # The state machine: where each state may go. Terminal states go nowhere.
 ALLOWED: dict[JobState, frozenset[JobState]] = {
-    QUEUED: frozenset({RUNNING, JobState.CANCELLED}),
+    QUEUED: frozenset({QUEUED, RUNNING, JobState.CANCELLED}),  # queued -> queued: a retry's run is dropped
     RUNNING: frozenset({RUNNING, QUEUED, JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED}),
     **{state: frozenset() for state in TERMINAL_STATES},
 }
@@ -61,13 +61,13 @@ def check(job: Job, target: JobState) -> None:
         raise IllegalTransition(f"job {job.id}: {job.state} -> {target} is no transition of a job's life")
 
 
-def _move(session: Session, jobs: Sequence[Job], target: JobState, **values: Any) -> list[Job]:
-    """Move each job from the state it was read in to `target`; the jobs that moved, refreshed."""
+def _move(session: Session, jobs: Sequence[Job], target: JobState, *where: Any, **values: Any) -> list[Job]:
+    """Move each job from the state it was read in (and `where`) to `target`; the jobs that moved, refreshed."""
     for job in jobs:
         check(job, target)
     moved = []
     for job in jobs:
-        done = session.execute(update(Job).where(Job.id == job.id, Job.state == job.state)
+        done = session.execute(update(Job).where(Job.id == job.id, Job.state == job.state, *where)
                                .values(state=target, **values).execution_options(synchronize_session=False))
         if done.rowcount == 1:  # type: ignore[attr-defined]
             session.refresh(job)
@@ -100,16 +100,22 @@ def submitted(session: Session, job: Job, actor: str) -> Job:
 
 
 def claimed(session: Session, jobs: Sequence[Job], run_id: str, base_version: int, actor: str,
-            now: datetime | None = None) -> list[Job]:
-    """Queued jobs start one run together; those cancelled meanwhile are left out. `job.started` each."""
+            now: datetime | None = None, *, resume: bool = False) -> list[Job]:
+    """Queued jobs start one run together; those cancelled meanwhile are left out. `job.started` each, or with
+    `resume` (jobs `retried` in run `run_id`, still in it) `job.resumed`: the run goes on from its saved state."""
     now = _now(now)
-    taken = _move(session, jobs, RUNNING, run_id=run_id, base_version=base_version, attempts=Job.attempts + 1,
-                  started_at=func.coalesce(Job.started_at, now), heartbeat_at=now, progress={}, error=None)
+    where = [Job.run_id == run_id] if resume else []
+    taken = _move(session, jobs, RUNNING, *where, run_id=run_id, base_version=base_version,
+                  attempts=Job.attempts + 1, started_at=func.coalesce(Job.started_at, now), heartbeat_at=now,
+                  progress={}, error=None)
     ids = [job.id for job in taken]
     for job in taken:
-        audit.record(session, actor, "job.started", job.id,
-                     {"run_id": run_id, "base_version": base_version, "attempt": job.attempts, "run_jobs": ids})
-        webhooks.record(session, job, webhooks.STARTED)
+        if resume:
+            audit.record(session, actor, "job.resumed", job.id, {"run_id": run_id, "attempt": job.attempts})
+        else:
+            audit.record(session, actor, "job.started", job.id,
+                         {"run_id": run_id, "base_version": base_version, "attempt": job.attempts, "run_jobs": ids})
+        webhooks.record(session, job, webhooks.STARTED)  # once per job: a second record is a no-op
     return taken
 
 
@@ -142,16 +148,23 @@ def rescued(session: Session, job: Job, actor: str, now: datetime) -> None:
     audit.record(session, actor, "job.rescued", job.id, {"attempts": job.attempts, "run_id": job.run_id})
 
 
-def retried(session: Session, jobs: Sequence[Job], error: str, actor: str) -> None:
-    """An internal error (out of memory, a storage outage) below max_attempts: the jobs stay running with their
-    run id, so the next claim (this holder's, at once) resumes them from the saved state as one more attempt."""
+# -- back to the queue -------------------------------------------------------------------------------------------
+
+
+def retried(session: Session, jobs: Sequence[Job], error: str, actor: str) -> list[Job]:
+    """An internal error (out of memory, a storage outage) below max_attempts: the running jobs go back to the
+    queue *keeping their run* (run id, base version), so the next claim resumes that run from its saved state
+    as one more attempt (`claimed(..., resume=True)`). Audited as `job.error`."""
     _running(jobs)
-    for job in jobs:
-        audit.record(session, actor, "job.error", job.id, {"error": error})
+    moved = _move(session, jobs, QUEUED, progress={}, heartbeat_at=None)
+    for job in moved:
+        audit.record(session, actor, "job.error", job.id, {"error": error, "run_id": job.run_id})
+    return moved
 
 
 def requeued(session: Session, jobs: Sequence[Job], reason: str, actor: str, run_id: str | None) -> list[Job]:
-    """Running jobs go back to the queue, to run again in a new run (without the ones that ended)."""
+    """Jobs go back to the queue to run again in a new run (without the ones that ended): running ones, or queued
+    ones that were waiting to resume a run (`retried`) that lost one of its jobs."""
     moved = _move(session, jobs, QUEUED, run_id=None, base_version=None, progress={}, heartbeat_at=None)
     for job in moved:
         audit.record(session, actor, "job.requeued", job.id, {"reason": reason, "run_id": run_id})

@@ -123,8 +123,8 @@ def fail_alone(batch: Any, settings: Any, t: Timings, job_id: str, message: str)
 def retry_or_fail(batch: Any, settings: Any, t: Timings, exc: Exception) -> None:
     """An unexpected error (out of memory, a storage outage): leave the jobs for another attempt, or fail.
 
-    The jobs stay `running` with their run id (app/lifecycle.py `retried`), so the next claim (ours, at once,
-    or another holder's) resumes them from the saved state and counts one more attempt.
+    The jobs go back to the queue keeping their run (app/lifecycle.py `retried`), so the next claim (ours, at
+    once, or another holder's) resumes that run from its saved state and counts one more attempt.
     """
     log.error("run %s failed unexpectedly", batch.run_id, exc_info=exc)
     if batch.attempts >= t.max_attempts:
@@ -133,8 +133,8 @@ def retry_or_fail(batch: Any, settings: Any, t: Timings, exc: Exception) -> None
                                  f"{batch.run_id}, logged by the worker); the model was not changed.")
         return
     with session_scope(settings) as session:
-        lifecycle.retried(session, lifecycle.still_running(session, batch.job_ids), f"{type(exc).__name__}: {exc}",
-                          _actor())
+        error = f"{type(exc).__name__}: {exc}"
+        lifecycle.retried(session, lifecycle.still_running(session, batch.job_ids), error, _actor())
 
 
 def succeed(batch: Any, settings: Any, t: Timings, owner: str, result: Any, checkpoint: Path,

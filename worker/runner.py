@@ -5,7 +5,9 @@
       ├─ lease held by someone else → nothing (the holder, or the sweeper, will pick the job up)
       └─ loop with the lease:
            claim_batch: orphaned `running` jobs first (resume them: same run_id, same job set),
+                        then a run an internal error sent back to the queue (resume it the same way),
                         else every queued forget job with the same parameters (one run, D_F = union)
+           every state change goes through app/lifecycle.py
            execute (worker/execute.py) and record the outcome (worker/finish.py)
          when nothing is left: release the lease, then look once more — a job queued while we were
          releasing rang a doorbell that found the lease held, so we must not leave it behind.
@@ -124,7 +126,11 @@ def claim_batch(session: Any, model_id: str, t: Timings, settings: Any) -> Batch
     queued = [j for j in queued if not j.cancel_requested]
     if not queued:
         return None
-    batch = _claim(session, model_id, _coalesced(queued), now)
+    retry = [j for j in queued if j.run_id]  # a run an internal error interrupted (finish.retry_or_fail) goes on
+    if retry:
+        batch = _claim_retry(session, model_id, retry, now, settings)
+    else:
+        batch = _claim(session, model_id, _coalesced(queued), now)
     return batch if batch is not None else claim_batch(session, model_id, t, settings)
 
 
@@ -175,6 +181,22 @@ def _claim(session: Any, model_id: str, chosen: list[Job], now: Any) -> Batch | 
         return None
     ids = [j.id for j in taken]
     return Batch(run_id, model_id, ids, base, max(j.attempts for j in taken), False)
+
+
+def _claim_retry(session: Any, model_id: str, retry: list[Job], now: Any, settings: Any) -> Batch | None:
+    """Resume the oldest retried run from its saved state, when every job that was in it still waits; else its
+    jobs start afresh (None): that state was tuned to the images of the job that left, too."""
+    run_id, base = retry[0].run_id, retry[0].base_version
+    assert run_id is not None and base is not None
+    waiting = [j for j in retry if j.run_id == run_id]
+    left = session.scalar(select(func.count()).select_from(Job).where(Job.run_id == run_id, Job.cancel_requested))
+    taken = [] if left else lifecycle.claimed(session, waiting, run_id, base, actor(), now, resume=True)
+    if taken and len(taken) == len(waiting):
+        return Batch(run_id, model_id, [j.id for j in taken], base, max(j.attempts for j in taken), True)
+    lifecycle.requeued(session, [*taken, *(j for j in waiting if j not in taken)],
+                       "a job of its run was cancelled while it waited to resume", actor(), run_id)
+    _discard_run(settings, run_id)
+    return None
 
 
 def _cancel_queued(session: Any, job: Job, now: Any, settings: Any) -> None:

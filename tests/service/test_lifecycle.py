@@ -160,11 +160,35 @@ def test_running_to_running_transitions(db: tuple[Session, Storage]) -> None:
     job = _running(session, storage)
     lifecycle.resumed(session, [job], "run1", ACTOR)
     lifecycle.rescued(session, job, "sweeper", job.heartbeat_at)
-    lifecycle.retried(session, [job], "MemoryError: out of memory", ACTOR)
     session.commit()
     assert (job.state, job.run_id, job.attempts) == ("running", "run1", 2)
-    assert _actions(session, job)[2:] == ["job.resumed", "job.rescued", "job.error"]
+    assert _actions(session, job)[2:] == ["job.resumed", "job.rescued"]
     assert _webhooks(session, job) == ["job.started"]
+
+
+def test_retried_waits_in_the_queue_keeping_its_run_and_resumes_it(db: tuple[Session, Storage]) -> None:
+    session, storage = db
+    job = _running(session, storage)
+    assert lifecycle.retried(session, [job], "MemoryError: out of memory", ACTOR) == [job]
+    session.commit()
+    assert (job.state, job.run_id, job.base_version, job.heartbeat_at) == ("queued", "run1", 1, None)
+    assert lifecycle.claimed(session, [job], "run1", 1, ACTOR, resume=True) == [job]
+    session.commit()
+    assert (job.state, job.run_id, job.attempts) == ("running", "run1", 2)
+    assert _actions(session, job)[2:] == ["job.error", "job.resumed"]
+    assert _webhooks(session, job) == ["job.started"]  # one job.started webhook, however many attempts
+    assert storage.list(f"uploads/{job.id}/")
+
+
+def test_a_resume_claim_leaves_a_job_whose_run_was_dropped(db: tuple[Session, Storage], settings: Settings) -> None:
+    session, storage = db
+    job = _running(session, storage)
+    lifecycle.retried(session, [job], "MemoryError", ACTOR)
+    session.commit()
+    with new_session(settings) as other:  # its run is dropped after this session read it
+        lifecycle.requeued(other, [other.get(Job, job.id)], "a job of its run was cancelled", ACTOR, "run1")
+        other.commit()
+    assert lifecycle.claimed(session, [job], "run1", 1, ACTOR, resume=True) == []
 
 
 @pytest.mark.parametrize("move", [
