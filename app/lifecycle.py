@@ -1,12 +1,18 @@
 """A job's life: every change of a job's state happens here, and nowhere else.
 
 ```
-  submitted ──> queued ──claimed──> running ──succeeded──> succeeded
-                  │  ^                │ │ ^ ──failed─────> failed      (gave_up: its holder died max_attempts times)
-                  │  └─requeued,──────┘ │ │ ──cancelled──> cancelled   (it stopped at the next iteration)
-                  │    retried          └─┘ resumed / rescued (a dead holder's run goes on)
-                  └──cancelled (before it started)──> cancelled
+                       claimed                    succeeded
+  submitted ─> queued ───────────> running ─────────────────> succeeded
+                │  ^                │  │     failed, gave_up
+                │  │ requeued,      │  ├─────────────────────> failed
+                │  │ retried        │  │     cancelled
+                │  └────────────────┘  └─────────────────────> cancelled
+                │                   ↺ resumed, rescued (a dead holder's run goes on: running -> running)
+                └── cancelled (before it started) ───────────> cancelled
 ```
+
+`retried` keeps the job's run (it resumes from the run's saved state); `requeued` drops it (a new run), also
+for a queued job whose retried run lost one of its jobs (queued -> queued). An ending is final.
 
 One function per transition. Each does, in the session the caller passes (the caller commits):
 the state change with the fields that go with it (run id, attempts, finished_at, error, version, progress),
@@ -15,7 +21,9 @@ ending) and, on every ending, the deletion of the job's uploads (app/upload_stor
 
 The uploads are deleted last, after every database write of the ending, and before the caller's commit: a
 person's photos never outlive a committed ending, and the audit row saying they went commits with it. If
-the commit then fails, the job stays as it was and its next attempt ends it again (without its photos).
+the commit then fails, the job stays as it was and its next attempt ends it again, without its photos (for
+a success: as a failure that says its images could not be used, and the erasure is asked for again). The
+other order would keep a person's photos for good, unaudited, whenever a worker died between the two.
 
 The caller hands the jobs as it read them. A job whose state, as read, cannot make the transition is the
 caller's mistake: `IllegalTransition`. The move itself is a conditional UPDATE on the state as read, so a
