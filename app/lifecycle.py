@@ -190,7 +190,7 @@ def _end(session: Session, jobs: Sequence[Job], target: JobState, storage: Stora
     contents = {job.id: details(job) for job in jobs}
     ended = _move(session, jobs, target, finished_at=now, **values)
     for job in ended:
-        if close and job.id in ran:  # a live holder's run ended: its phase closes now (worker/progress.py)
+        if close and job.id in ran:  # a live holder's run ended: its phase closes now (rules/jobs.py)
             job.progress = finished(job.progress, now, iterations)
         audit.record(session, actor, f"job.{target}", job.id, contents[job.id])
         webhooks.record(session, job, webhooks.COMPLETED)
