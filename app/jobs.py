@@ -17,14 +17,14 @@ from datetime import datetime
 
 from fastapi import UploadFile
 from pydantic import ValidationError
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app import audit, classifiers, upload_store, uploads, webhooks
+from app import classifiers, lifecycle, upload_store, uploads, webhooks
 from app.auth import sees_all
 from app.errors import ApiError, not_found
-from app.models import TERMINAL_STATES, ApiKey, Job, Model, new_id, utcnow
+from app.models import TERMINAL_STATES, ApiKey, Job, Model, new_id
 from app.schemas import JobParameters
 from app.settings import Settings
 from app.storage import Storage
@@ -127,15 +127,11 @@ def submit(session: Session, storage: Storage, settings: Settings, key: ApiKey, 
                                                            sub.classifier, sub.subject_ref, settings.max_file_bytes)
     job_id = new_id()
     entries = uploads.store_all(storage, job_id, incoming)
-    job = Job(id=job_id, kind=sub.kind, state="queued", model_id=model.id, subject_ref=sub.subject_ref,
+    job = Job(id=job_id, kind=sub.kind, model_id=model.id, subject_ref=sub.subject_ref,
               parameters=sub.parameters.model_dump(), submitted_by=key.id, idempotency_key=idem_key,
               request_hash=digest, uploads=entries, callback_url=sub.callback_url, progress={})
     try:
-        session.add(job)
-        session.flush()
-        audit.record(session, key.id, "job.submit", f"job:{job.id}",
-                     {"kind": sub.kind, "model_id": model.id, "subject_ref": sub.subject_ref,
-                      "files": [e["sha256"] for e in entries]})
+        lifecycle.submitted(session, job, key.id)
         session.commit()
     except IntegrityError:  # the same Idempotency-Key raced in from a parallel request
         session.rollback()
@@ -202,23 +198,11 @@ def list_jobs(session: Session, key: ApiKey, *, state: str | None, kind: str | N
 
 
 def cancel(session: Session, storage: Storage, key: ApiKey, job: Job) -> Job:
-    """A queued job ends at once; a running one is asked to stop at its next iteration."""
+    """A queued job ends at once; a running one is asked to stop at its next iteration (app/lifecycle.py)."""
     if job.state in TERMINAL_STATES:
         raise ApiError(409, "job_finished", f"job {job.id} already ended ({job.state})")
-    now = utcnow()
-    # Conditional updates: the worker may claim the job between our read and our write.
-    done = session.execute(update(Job).where(Job.id == job.id, Job.state == "queued")
-                           .values(state="cancelled", finished_at=now, cancel_requested=True))
-    if done.rowcount == 0:  # type: ignore[attr-defined]
-        session.execute(update(Job).where(Job.id == job.id, Job.state == "running").values(cancel_requested=True))
-    audit.record(session, key.id, "job.cancel", f"job:{job.id}", {})
-    session.refresh(job)
-    if job.state == "cancelled":  # ended here (it was queued): its webhook goes in the same transaction
-        webhooks.record(session, job, webhooks.COMPLETED)
+    lifecycle.cancel_requested(session, job, storage, key.id)
     session.commit()
-    if job.state == "cancelled":
-        upload_store.delete(storage, job.id, ended=job, session=session, actor=key.id)
-        session.commit()
     return job
 
 

@@ -24,11 +24,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from app import audit, job_reports, storage_keys, upload_store, webhooks
+from app import job_reports, lifecycle, storage_keys
 from app.models import Job, Model
+from app.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -70,45 +71,25 @@ def _models_with_live_lease(session: Session, now: datetime) -> set[str]:
     return {model_id for model_id, expires in rows if (as_utc(expires) or now) > now}
 
 
-def give_up(session: Session, job: Job, message: str, actor: str, now: datetime, storage: Any = None) -> bool:
-    """Fail a running job for good (attempts exhausted). False when it is no longer running.
-
-    With `storage`, the job keeps a small report saying why and in which phase (app/job_reports.py).
-    """
-    done = session.execute(
-        update(Job)
-        .where(Job.id == job.id, Job.state == "running")
-        .values(state="failed", error=message, finished_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    if done.rowcount != 1:  # type: ignore[attr-defined]
+def give_up(session: Session, job: Job, message: str, actor: str, now: datetime, storage: Storage) -> bool:
+    """Fail a running job for good (attempts exhausted), with a small report saying why and in which phase
+    (app/job_reports.py); its uploads are deleted in this transaction. False when it is no longer running."""
+    if not lifecycle.gave_up(session, [job], message, storage, actor, now):
         return False
-    audit.record(session, actor, "job.failed", job.id, {"error": message, "attempts": job.attempts})
-    session.refresh(job)
-    if storage is not None:
-        job.report_key = job_reports.store_failure(session, storage, job, message)
-    webhooks.record(session, job, webhooks.COMPLETED)
+    job.report_key = job_reports.store_failure(session, storage, job, message)
     return True
 
 
-def _rescue(session: Session, job: Job, now: datetime) -> None:
-    # Touch the heartbeat so that one rescue is sent per stale period, not one per sweep.
-    job.heartbeat_at = now
-    audit.record(session, ACTOR, "job.rescued", job.id, {"attempts": job.attempts, "run_id": job.run_id})
-
-
 def _after_commit(session: Session, settings: Any, rescued: list[str], failed: list[str]) -> None:
-    """Delete the given-up jobs' uploads and run files, and ring the rescued jobs' doorbells."""
+    """Delete the given-up jobs' saved run state, and ring the rescued jobs' doorbells."""
     from app.queue import enqueue
     from app.storage import get_storage
 
     if failed:
         storage = get_storage(settings)
-        for job in session.scalars(select(Job).where(Job.id.in_(failed))):
-            upload_store.delete(storage, job.id, ended=job, session=session, actor=ACTOR)
-            if job.run_id:
-                storage.delete_prefix(storage_keys.run_prefix(job.run_id))
-        session.commit()
+        for run_id in set(session.scalars(select(Job.run_id).where(Job.id.in_(failed)))):
+            if run_id:
+                storage.delete_prefix(storage_keys.run_prefix(run_id))
     for job_id in rescued:
         try:
             enqueue(job_id)
@@ -141,7 +122,7 @@ def sweep_once(session: Session, settings: Any, now: datetime | None = None) -> 
         if job.model_id in busy:
             continue
         if job.attempts < t.max_attempts:
-            _rescue(session, job, now)
+            lifecycle.rescued(session, job, ACTOR, now)
             rescued.append(job.id)
             continue
         message = (

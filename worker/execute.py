@@ -298,7 +298,10 @@ def _run(batch: Batch, settings: Any, t: Timings, owner: str, inputs: _Inputs, r
         finish.retry_or_fail(batch, settings, t, exc)
         return
     if not result.criterion_met:
-        finish.fail(batch, settings, t, finish.criterion_message(result, inputs.config), result=result)
+        first = inputs.jobs[0]  # a run is either forget requests or one rebalance
+        message = finish.criterion_message(result, inputs.config, first.kind,
+                                           (first.parameters or {}).get("target_share"))
+        finish.fail(batch, settings, t, message, result=result)
         return
     finish.succeed(batch, settings, t, owner, result, out, new_revision)
 

@@ -1,13 +1,13 @@
 """How a run ends, written to the database, storage and the audit log.
 
-Every ending deletes the uploads of the run's jobs (a person's images do not outlive their request)
-and records each job's `job.completed` webhook in the same transaction as its final state (the delivery
-loop of app/webhook_delivery.py sends it, outside the run). On success the artefacts are uploaded first (the new
-remember-set revision's objects among them), then one transaction adds the version with its revision, moves
-the model's current version and marks every job succeeded: a crash between the two re-runs from the saved
-state and overwrites the same keys, so the revision and the version exist together or not at all, and the
-unique (model_id, parent) constraint refuses a second version on the same parent whatever happens. Only
-after that commit are the superseded remember-set objects deleted (app/revisions.py).
+Each ending goes through app/lifecycle.py: in one transaction the jobs' final state, its audit record, the
+`job.completed` webhook (the delivery loop of app/webhook_delivery.py sends it, outside the run) and the
+deletion of the jobs' uploads (a person's images do not outlive their request). On success the artefacts are
+uploaded first (the new remember-set revision's objects among them), then one transaction adds the version
+with its revision, moves the model's current version and marks every job succeeded: a crash between the two
+re-runs from the saved state and overwrites the same keys, so the revision and the version exist together or
+not at all, and the unique (model_id, parent) constraint refuses a second version on the same parent whatever
+happens. Only after that commit are the superseded remember-set objects deleted (app/revisions.py).
 """
 
 from __future__ import annotations
@@ -16,15 +16,16 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from app import audit, job_reports, revisions, storage_keys, upload_store, webhooks
+from app import audit, job_reports, lifecycle, revisions, storage_keys
 from app.db import session_scope
 from app.models import Job, Model, ModelVersion
 from app.storage import get_storage
 from app.sweeper import Timings, utcnow
-from worker import lease, progress, version_stats
+from rules.jobs import JobKind
+from worker import lease, version_stats
 
 log = logging.getLogger(__name__)
 
@@ -49,43 +50,21 @@ def _actor() -> str:
     return f"worker:{lease.owner_id()}"
 
 
-def criterion_message(result: Any, config: Any) -> str:
+def criterion_message(result: Any, config: Any, kind: str = JobKind.FORGET, target_share: float | None = None) -> str:
+    """Why a run that ended without meeting its stop rule failed, in the words of its kind of job."""
     cap = getattr(config, "max_iterations", result.iterations)
+    if kind == JobKind.REBALANCE:
+        target = f" of {target_share:.2f}" if target_share is not None else ""
+        return (
+            f"The stop criterion was not met within {cap} iterations: the attribute's share among the model's "
+            f"samples did not reach the target{target}. The model was not changed. Try a larger max_iterations, "
+            f"or a target nearer the model's present share."
+        )
     return (
         f"The stop criterion was not met within {cap} iterations: the images could not be pushed to the "
         f"likelihood threshold without the run ending. The model was not changed. Try a larger "
         f"max_iterations, or check that the images show the person's face."
     )
-
-
-def _end_jobs(session: Any, job_ids: list[str], state: str, iterations: int | None = None,
-              **values: Any) -> list[Job]:
-    """Move running jobs to a final state; jobs no longer running (someone else ended them) are skipped.
-
-    Their progress then reads done (worker/progress.py), at the run's final iteration when it ran.
-    """
-    ended = []
-    for job_id in job_ids:
-        now = utcnow()
-        done = session.execute(
-            update(Job).where(Job.id == job_id, Job.state == "running")
-            .values(state=state, finished_at=now, **values)
-            .execution_options(synchronize_session=False)
-        )
-        if done.rowcount == 1:
-            job = session.get(Job, job_id, populate_existing=True)
-            if job is not None:
-                job.progress = progress.finished(job.progress, now, iterations)
-                webhooks.record(session, job, webhooks.COMPLETED)
-                ended.append(job)
-    return ended
-
-
-def _delete_uploads(settings: Any, jobs: list[Job]) -> None:
-    storage = get_storage(settings)
-    with session_scope(settings) as session:
-        for job in jobs:
-            upload_store.delete(storage, job.id, ended=job, session=session, actor=_actor())
 
 
 def cleanup_run(batch: Any, settings: Any) -> None:
@@ -97,7 +76,8 @@ def fail_jobs(batch: Any, settings: Any, t: Timings, job_ids: list[str], message
     a small one with the error and the phase it failed in."""
     storage = get_storage(settings)
     with session_scope(settings) as session:
-        ended = _end_jobs(session, job_ids, "failed", getattr(result, "iterations", None), error=message)
+        ended = lifecycle.failed(session, lifecycle.still_running(session, job_ids), message, storage, _actor(),
+                                 run_id=batch.run_id, iterations=getattr(result, "iterations", None))
         for job in ended:
             report = result.reports.get(job.id) if result is not None else None
             if report is not None:
@@ -106,8 +86,6 @@ def fail_jobs(batch: Any, settings: Any, t: Timings, job_ids: list[str], message
                     job_reports.outcome("failed", message, job.progress.get("last_phase"), None))
             else:
                 job.report_key = job_reports.store_failure(session, storage, job, message)
-            audit.record(session, _actor(), "job.failed", job.id, {"error": message, "run_id": batch.run_id})
-    _delete_uploads(settings, ended)
 
 
 def fail(batch: Any, settings: Any, t: Timings, message: str, result: Any = None) -> None:
@@ -122,24 +100,15 @@ def _store_report(storage: Any, job_id: str, report: dict[str, Any], page: str, 
 
 def _requeue_jobs(session: Any, batch: Any, job_ids: list[str], reason: str) -> None:
     """Put these jobs of the run back in the queue, to run again without the ones that ended."""
-    for job_id in job_ids:
-        session.execute(
-            update(Job).where(Job.id == job_id, Job.state == "running")
-            .values(state="queued", run_id=None, base_version=None, progress={}, heartbeat_at=None)
-            .execution_options(synchronize_session=False)
-        )
-        audit.record(session, _actor(), "job.requeued", job_id, {"reason": reason, "run_id": batch.run_id})
+    lifecycle.requeued(session, lifecycle.still_running(session, job_ids), reason, _actor(), batch.run_id)
 
 
 def cancel(batch: Any, settings: Any, t: Timings, cancelled_ids: list[str]) -> None:
     """End the cancelled jobs; the others of the run go back to the queue and re-run without them."""
     others = [j for j in batch.job_ids if j not in cancelled_ids]
     with session_scope(settings) as session:
-        ended = _end_jobs(session, cancelled_ids, "cancelled")
-        for job in ended:
-            audit.record(session, _actor(), "job.cancelled", job.id, {"run_id": batch.run_id})
+        lifecycle.cancelled(session, lifecycle.still_running(session, cancelled_ids), get_storage(settings), _actor())
         _requeue_jobs(session, batch, others, "another job of its run was cancelled")
-    _delete_uploads(settings, ended)
     cleanup_run(batch, settings)
 
 
@@ -154,8 +123,8 @@ def fail_alone(batch: Any, settings: Any, t: Timings, job_id: str, message: str)
 def retry_or_fail(batch: Any, settings: Any, t: Timings, exc: Exception) -> None:
     """An unexpected error (out of memory, a storage outage): leave the jobs for another attempt, or fail.
 
-    The jobs stay `running` with their run id, so the next claim (ours, at once, or another holder's)
-    resumes them from the saved state and counts one more attempt.
+    The jobs go back to the queue keeping their run (app/lifecycle.py `retried`), so the next claim (ours, at
+    once, or another holder's) resumes that run from its saved state and counts one more attempt.
     """
     log.error("run %s failed unexpectedly", batch.run_id, exc_info=exc)
     if batch.attempts >= t.max_attempts:
@@ -164,8 +133,8 @@ def retry_or_fail(batch: Any, settings: Any, t: Timings, exc: Exception) -> None
                                  f"{batch.run_id}, logged by the worker); the model was not changed.")
         return
     with session_scope(settings) as session:
-        for job_id in batch.job_ids:
-            audit.record(session, _actor(), "job.error", job_id, {"error": f"{type(exc).__name__}: {exc}"})
+        error = f"{type(exc).__name__}: {exc}"
+        lifecycle.retried(session, lifecycle.still_running(session, batch.job_ids), error, _actor())
 
 
 def succeed(batch: Any, settings: Any, t: Timings, owner: str, result: Any, checkpoint: Path,
@@ -180,7 +149,7 @@ def succeed(batch: Any, settings: Any, t: Timings, owner: str, result: Any, chec
         with session_scope(settings) as session:
             if not lease.renew(session, batch.model_id, owner, t.lease_seconds, utcnow()):
                 raise LeaseLost(batch.model_id)
-            ended = _record_success(session, batch, result, key, revision)
+            _record_success(session, storage, batch, result, key, revision)
     except IntegrityError:
         # A version on this parent exists already: never a second one. Send the jobs round again on top
         # of the newest version (their erasure must not be lost on a branch).
@@ -188,7 +157,6 @@ def succeed(batch: Any, settings: Any, t: Timings, owner: str, result: Any, chec
                   batch.model_id, batch.run_id)
         _requeue(settings, batch)
         return
-    _delete_uploads(settings, ended)
     if revision is not None:
         revisions.ensure_uploaded(storage, revision)
         purge_remember(settings, batch.model_id, orphans=True)
@@ -209,7 +177,7 @@ def _upload_artefacts(storage: Any, batch: Any, result: Any, checkpoint: Path) -
     return key
 
 
-def _record_success(session: Any, batch: Any, result: Any, key: str,
+def _record_success(session: Any, storage: Any, batch: Any, result: Any, key: str,
                     revision: revisions.NewRevision | None) -> list[Job]:
     """The new version (with its remember-set revision), the current version, the jobs' end: one transaction."""
     new_version, sha = batch.base_version + 1, result.sha256
@@ -231,11 +199,8 @@ def _record_success(session: Any, batch: Any, result: Any, key: str,
     if promoted:
         model.current_version = new_version
         audit.record(session, _actor(), "model.current_version", model.id, {"version": new_version})
-    ended = _end_jobs(session, batch.job_ids, "succeeded", result.iterations, version=new_version, error=None)
-    for job in ended:
-        job.report_key = storage_keys.report(job.id)
-        audit.record(session, _actor(), "job.succeeded", job.id, {"version": new_version, "sha256": sha})
-    return ended
+    return lifecycle.succeeded(session, lifecycle.still_running(session, batch.job_ids), new_version, sha, storage,
+                               _actor(), iterations=result.iterations)
 
 
 def purge_remember(settings: Any, model_id: str, *, orphans: bool) -> None:
@@ -255,11 +220,7 @@ def _store_version_stats(storage: Any, batch: Any, version: int, sha: str, resul
 
 def _requeue(settings: Any, batch: Any) -> None:
     with session_scope(settings) as session:
-        session.execute(
-            update(Job).where(Job.id.in_(batch.job_ids), Job.state == "running")
-            .values(state="queued", run_id=None, base_version=None, progress={})
-            .execution_options(synchronize_session=False)
-        )
+        _requeue_jobs(session, batch, batch.job_ids, "a version on its parent exists already")
     cleanup_run(batch, settings)
 
 

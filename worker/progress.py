@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-PHASES = ("loading", "features", "taming", "confirming", "evaluating", "reporting")
-DONE = "done"
+from rules.jobs import DONE, PHASES, finished  # noqa: F401  (re-exported: one definition, torch-free)
+
 TREND_WINDOW = 30  # iterations the taming trend is fitted over
 TREND_MIN_POINTS = 10  # fewer say nothing about where max |d| is heading
 BASIS_TREND = "trend of {quantity} over the last {n} iterations"
@@ -119,29 +119,6 @@ def taming_eta(trend: Trend, goal: Goal | None, iteration: int, max_iterations: 
         return {"eta_seconds": None, "eta_cap_seconds": cap, "eta_basis": None}
     basis = BASIS_TREND.format(quantity=goal.quantity if goal else "", n=len(trend.points))
     return {"eta_seconds": min(cap, left * pace), "eta_cap_seconds": cap, "eta_basis": basis}
-
-
-def finished(progress: dict[str, Any] | None, now: datetime, iterations: int | None = None) -> dict[str, Any]:
-    """The progress of a job that ended: phase `done`, `done: true`, the last phase's seconds added.
-
-    iterations: the run's final iteration when it ran; the bar then reads iterations/iterations (the cap
-    stays in `iteration_cap`). A job that failed keeps the phase it failed in as `failed_phase`.
-    """
-    out = dict(progress or {})
-    last = out.get("phase")
-    seconds = dict(out.get("phase_seconds") or {})
-    started = out.get("phase_started_at")
-    if last in PHASES and isinstance(started, str):
-        seconds[last] = round(seconds.get(last, 0.0) + max(0.0, (now - datetime.fromisoformat(started))
-                                                           .total_seconds()), 3)
-    out.update(phase=DONE, done=True, phase_seconds=seconds, phase_started_at=now.isoformat(), eta_seconds=0.0,
-               eta_cap_seconds=None, eta_basis=None)
-    if last in PHASES:
-        out["last_phase"] = last
-    if iterations is not None:
-        out["iteration_cap"] = out.get("max_iterations")
-        out["iteration"] = out["max_iterations"] = iterations
-    return out
 
 
 def previous_phase_seconds(progresses: list[dict[str, Any] | None]) -> dict[str, float]:

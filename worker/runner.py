@@ -5,7 +5,9 @@
       ├─ lease held by someone else → nothing (the holder, or the sweeper, will pick the job up)
       └─ loop with the lease:
            claim_batch: orphaned `running` jobs first (resume them: same run_id, same job set),
+                        then a run an internal error sent back to the queue (resume it the same way),
                         else every queued forget job with the same parameters (one run, D_F = union)
+           every state change goes through app/lifecycle.py
            execute (worker/execute.py) and record the outcome (worker/finish.py)
          when nothing is left: release the lease, then look once more — a job queued while we were
          releasing rang a doorbell that found the lease held, so we must not leave it behind.
@@ -19,9 +21,9 @@ import logging
 import uuid
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
-from app import audit, storage_keys, upload_store, webhooks
+from app import lifecycle, storage_keys
 from app.db import session_scope
 from app.models import Job, ModelVersion
 from app.sweeper import Timings, give_up, utcnow
@@ -124,7 +126,11 @@ def claim_batch(session: Any, model_id: str, t: Timings, settings: Any) -> Batch
     queued = [j for j in queued if not j.cancel_requested]
     if not queued:
         return None
-    batch = _claim(session, model_id, _coalesced(queued), now)
+    retry = [j for j in queued if j.run_id]  # a run an internal error interrupted (finish.retry_or_fail) goes on
+    if retry:
+        batch = _claim_retry(session, model_id, retry, now, settings)
+    else:
+        batch = _claim(session, model_id, _coalesced(queued), now)
     return batch if batch is not None else claim_batch(session, model_id, t, settings)
 
 
@@ -142,13 +148,9 @@ def _resume(session: Any, model_id: str, running: list[Job], t: Timings, setting
 
         for job in jobs:
             give_up(session, job, message, actor(), now, get_storage(settings))
-        _cleanup(session, settings, jobs)
+        _discard_run(settings, run_id)
         return None
-    for job in jobs:
-        job.run_id = run_id
-        job.attempts += 1
-        job.heartbeat_at = now
-        audit.record(session, actor(), "job.resumed", job.id, {"run_id": run_id, "attempt": job.attempts})
+    lifecycle.resumed(session, jobs, run_id, actor(), now)
     base = jobs[0].base_version if jobs[0].base_version is not None else newest_version(session, model_id)
     return Batch(run_id, model_id, [j.id for j in jobs], base, max(j.attempts for j in jobs), True)
 
@@ -173,56 +175,38 @@ def _claim(session: Any, model_id: str, chosen: list[Job], now: Any) -> Batch | 
     """Mark the chosen jobs running in one new run; None when the API cancelled all of them meanwhile."""
     base = newest_version(session, model_id)
     run_id = uuid.uuid4().hex
-    taken: list[Job] = []
-    for job in chosen:
-        # Conditional: the API may cancel a queued job at this very moment.
-        claimed = session.execute(
-            update(Job)
-            .where(Job.id == job.id, Job.state == "queued")
-            .values(state="running", run_id=run_id, base_version=base, attempts=Job.attempts + 1,
-                    started_at=func.coalesce(Job.started_at, now), heartbeat_at=now, progress={}, error=None)
-            .execution_options(synchronize_session=False)
-        )
-        if claimed.rowcount == 1:
-            taken.append(job)
+    # Conditional: the API may cancel a queued job at this very moment.
+    taken = lifecycle.claimed(session, chosen, run_id, base, actor(), now)
     if not taken:
         return None
     ids = [j.id for j in taken]
-    for job in taken:
-        session.refresh(job)
-        audit.record(
-            session, actor(), "job.started", job.id,
-            {"run_id": run_id, "base_version": base, "attempt": job.attempts, "run_jobs": ids},
-        )
-        webhooks.record(session, job, webhooks.STARTED)
     return Batch(run_id, model_id, ids, base, max(j.attempts for j in taken), False)
 
 
+def _claim_retry(session: Any, model_id: str, retry: list[Job], now: Any, settings: Any) -> Batch | None:
+    """Resume the oldest retried run from its saved state, when every job that was in it still waits; else its
+    jobs start afresh (None): that state was tuned to the images of the job that left, too."""
+    run_id, base = retry[0].run_id, retry[0].base_version
+    assert run_id is not None and base is not None
+    waiting = [j for j in retry if j.run_id == run_id]
+    left = session.scalar(select(func.count()).select_from(Job).where(Job.run_id == run_id, Job.cancel_requested))
+    taken = [] if left else lifecycle.claimed(session, waiting, run_id, base, actor(), now, resume=True)
+    if taken and len(taken) == len(waiting):
+        return Batch(run_id, model_id, [j.id for j in taken], base, max(j.attempts for j in taken), True)
+    lifecycle.requeued(session, [*taken, *(j for j in waiting if j not in taken)],
+                       "a job of its run was cancelled while it waited to resume", actor(), run_id)
+    _discard_run(settings, run_id)
+    return None
+
+
 def _cancel_queued(session: Any, job: Job, now: Any, settings: Any) -> None:
-    done = session.execute(
-        update(Job)
-        .where(Job.id == job.id, Job.state == "queued")
-        .values(state="cancelled", finished_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    if done.rowcount == 1:
-        audit.record(session, actor(), "job.cancelled", job.id, {"when": "before it started"})
-        session.refresh(job)
-        webhooks.record(session, job, webhooks.COMPLETED)
-        _cleanup(session, settings, [job])
-
-
-def _cleanup(session: Any, settings: Any, jobs: list[Job]) -> None:
-    """Delete the uploads (audited in the caller's session) and saved run state of jobs that ended without
-    running to the end.
-
-    Before the commit is fine: a job that is ending never needs its uploads again, and if the commit
-    fails the next attempt ends it the same way.
-    """
     from app.storage import get_storage
 
-    storage = get_storage(settings)
-    for job in jobs:
-        upload_store.delete(storage, job.id, ended=job, session=session, actor=actor())
-        if job.run_id:
-            storage.delete_prefix(storage_keys.run_prefix(job.run_id))
+    lifecycle.cancelled(session, [job], get_storage(settings), actor(), now=now)
+
+
+def _discard_run(settings: Any, run_id: str) -> None:
+    """Delete the saved state of a run whose jobs all ended without running to the end."""
+    from app.storage import get_storage
+
+    get_storage(settings).delete_prefix(storage_keys.run_prefix(run_id))

@@ -254,3 +254,72 @@ def test_sweeper_rescues_stale_jobs_and_gives_up_after_max_attempts(stack: tuple
     assert get_storage(settings).list(f"uploads/{dead}/") == []
     with session_scope(settings) as s:  # rescued once per stale period, not once per sweep
         assert sweep_once(s, settings)["enqueued"] == [forgotten]
+
+
+def test_the_criterion_message_speaks_of_what_the_job_asked_for() -> None:
+    from types import SimpleNamespace
+
+    from rules.jobs import JobKind
+    from worker.finish import criterion_message
+
+    result, config = SimpleNamespace(iterations=300), SimpleNamespace(max_iterations=300)
+    erasure = criterion_message(result, config)
+    assert "within 300 iterations" in erasure and "likelihood threshold" in erasure
+    rebalance = criterion_message(result, config, JobKind.REBALANCE, 0.3)
+    assert "within 300 iterations" in rebalance and "share" in rebalance and "target of 0.30" in rebalance
+    assert "likelihood threshold" not in rebalance and "face" not in rebalance
+
+
+def _failing_once(monkeypatch: Any, before_raising: Any = None) -> None:
+    """The first run raises an unexpected error at iteration 8 (its state was saved at 5); later runs work."""
+    real = fake_pipeline.run_requests
+
+    def flaky(*args: Any, on_step: Any = None, **kw: Any) -> Any:
+        def step(info: Any) -> None:
+            if info.iteration == 8 and len(fake_pipeline.RUNS) == 1:
+                if before_raising is not None:
+                    before_raising()
+                raise RuntimeError("CUDA out of memory")
+            on_step(info)
+        return real(*args, on_step=step, **kw)
+
+    monkeypatch.setattr("taming.pipeline.run_requests", flaky)
+
+
+def _actions_of(settings: Any, job_id: str) -> list[str]:
+    with session_scope(settings) as s:
+        return list(s.scalars(select(AuditLog.action).where(AuditLog.subject == job_id).order_by(AuditLog.id)))
+
+
+def test_an_internal_error_requeues_the_run_and_it_resumes_from_its_saved_state(stack: tuple[Any, str],
+                                                                                monkeypatch: Any) -> None:
+    settings, model_id = stack
+    ids = [h.submit(settings, model_id, person, PARAMS, n_images=2, enqueue=False) for person in (30, 31)]
+    _failing_once(monkeypatch)
+    assert handle_doorbell(ids[0], settings) == "ran 2 run(s)"
+    first_run = fake_pipeline.RUNS[0]
+    assert [(sorted(r["keys"]), r["start"]) for r in fake_pipeline.RUNS] == [(sorted(ids), 0), (sorted(ids), 5)]
+    for job_id in ids:
+        job = h.job(settings, job_id)
+        assert (job.state, job.attempts, job.version) == ("succeeded", 2, 2)
+        assert _actions_of(settings, job_id)[:4] == ["job.started", "job.error", "job.resumed", "job.succeeded"]
+    assert first_run["meta"][0]["run_id"] == h.job(settings, ids[0]).run_id  # the same run, one more attempt
+
+
+def test_a_job_cancelled_while_its_run_waits_to_resume_sends_the_others_afresh(stack: tuple[Any, str],
+                                                                               monkeypatch: Any) -> None:
+    settings, model_id = stack
+    ids = [h.submit(settings, model_id, person, PARAMS, n_images=2, enqueue=False) for person in (30, 31)]
+
+    def cancel_second() -> None:
+        with session_scope(settings) as s:
+            s.execute(update(Job).where(Job.id == ids[1]).values(cancel_requested=True))
+
+    _failing_once(monkeypatch, cancel_second)
+    handle_doorbell(ids[0], settings)
+    # the saved state was tuned to both people: the one left starts a new run from the base
+    assert [(sorted(r["keys"]), r["start"]) for r in fake_pipeline.RUNS] == [(sorted(ids), 0), ([ids[0]], 0)]
+    assert h.job(settings, ids[1]).state == "cancelled"
+    assert (h.job(settings, ids[0]).state, h.job(settings, ids[0]).attempts) == ("succeeded", 2)
+    assert "job.requeued" in _actions_of(settings, ids[0])
+    assert get_storage(settings).list(f"uploads/{ids[1]}/") == []
