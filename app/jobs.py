@@ -13,7 +13,7 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from fastapi import UploadFile
 from pydantic import ValidationError
@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from app import classifiers, lifecycle, upload_store, uploads, webhooks
 from app.auth import sees_all
 from app.errors import ApiError, not_found
-from app.models import TERMINAL_STATES, ApiKey, Job, Model, new_id
+from app.models import TERMINAL_STATES, ApiKey, Job, Model, new_id, utcnow
 from app.schemas import JobParameters
 from app.settings import Settings
 from app.storage import Storage
@@ -92,8 +92,9 @@ def _replay(session: Session, key: ApiKey, idem_key: str | None, digest: str) ->
     return job
 
 
-def check_quota(session: Session, key: ApiKey, settings: Settings) -> None:
-    """429 when this key already has `max_queued_jobs_per_key` jobs waiting or running."""
+def check_quota(session: Session, key: ApiKey, settings: Settings, incoming_bytes: int) -> None:
+    """429 when this key has `max_queued_jobs_per_key` jobs waiting or running, or these files would take its
+    uploads of the last 24 hours past `max_upload_bytes_per_key_per_day`."""
     waiting = session.scalar(select(func.count()).select_from(Job).where(
         Job.submitted_by == key.id, Job.state.in_(("queued", "running")))) or 0
     if waiting >= settings.max_queued_jobs_per_key:
@@ -101,6 +102,15 @@ def check_quota(session: Session, key: ApiKey, settings: Settings) -> None:
                        f"{settings.max_queued_jobs_per_key} (submit again when one has ended)",
                        {"limit": settings.max_queued_jobs_per_key, "waiting": waiting},
                        headers={"Retry-After": "60"})
+    since = utcnow() - timedelta(days=1)
+    used = session.scalar(select(func.coalesce(func.sum(Job.upload_bytes), 0)).where(
+        Job.submitted_by == key.id, Job.created_at >= since)) or 0
+    limit = settings.max_upload_bytes_per_key_per_day
+    if used + incoming_bytes > limit:
+        raise ApiError(429, "upload_quota_exceeded", f"this key uploaded {used} bytes in the last 24 hours; "
+                       f"{incoming_bytes} more would pass its {limit} bytes a day",
+                       {"limit": limit, "used": int(used), "incoming": incoming_bytes},
+                       headers={"Retry-After": "3600"})
 
 
 def submit(session: Session, storage: Storage, settings: Settings, key: ApiKey, sub: Submission,
@@ -113,14 +123,15 @@ def submit(session: Session, storage: Storage, settings: Settings, key: ApiKey, 
     if model is None:
         raise not_found("model", sub.model_id)
     groups = {name: files for name, files in sub.files.items() if files}
-    uploads.check_caps(groups, settings)
+    incoming_bytes = uploads.check_caps(groups, settings)
     hashes = uploads.hash_all(groups)
     if sub.classifier is not None:
         hashes["classifier", 0] = uploads.sha256_of(sub.classifier.file)
     digest = request_hash(sub, hashes)
     if (earlier := _replay(session, key, idem_key, digest)) is not None:
         return earlier, True
-    check_quota(session, key, settings)  # after the replay: retrying a submission that went through is no new job
+    # after the replay: retrying a submission that went through is no new job
+    check_quota(session, key, settings, incoming_bytes)
     incoming = uploads.inspect_all(groups, hashes, model.image_size, model.channels, settings)
     if sub.kind == "rebalance_attribute":  # an unusable classifier is refused before any image is stored
         sub.parameters.classifier_id = classifiers.for_job(session, storage, key, sub.parameters.classifier_id,
@@ -129,7 +140,8 @@ def submit(session: Session, storage: Storage, settings: Settings, key: ApiKey, 
     entries = uploads.store_all(storage, job_id, incoming)
     job = Job(id=job_id, kind=sub.kind, model_id=model.id, subject_ref=sub.subject_ref,
               parameters=sub.parameters.model_dump(), submitted_by=key.id, idempotency_key=idem_key,
-              request_hash=digest, uploads=entries, callback_url=sub.callback_url, progress={})
+              request_hash=digest, uploads=entries, upload_bytes=incoming_bytes, callback_url=sub.callback_url,
+              progress={})
     try:
         lifecycle.submitted(session, job, key.id)
         session.commit()

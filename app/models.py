@@ -11,7 +11,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -151,6 +151,7 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     uploads: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    upload_bytes: Mapped[int] = mapped_column(BigInteger, default=0)  # behind the daily upload quota
     report_key: Mapped[str | None] = mapped_column(String(500), nullable=True)
     callback_url: Mapped[str | None] = mapped_column(String(2000), nullable=True)
     run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)

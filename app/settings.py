@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     max_queued_jobs_per_key: int = Field(
         default=20, ge=1, description="Most jobs one API key may have queued or running at once; more is 429."
     )
+    max_upload_bytes_per_key_per_day: int = Field(
+        default=2 * 2**30, ge=1, description="Most bytes of files one API key may upload in jobs over 24 hours; "
+        "more is 429."
+    )
     checkpoint_every: int = Field(default=20, ge=1, description="Iterations between saves of a job's resumable state.")
     heartbeat_seconds: float = Field(default=5, gt=0, description="How often a running job updates its heartbeat.")
     stale_after_seconds: float = Field(

@@ -52,8 +52,8 @@ def sha256_of(fileobj: BinaryIO) -> str:
     return digest.hexdigest()
 
 
-def check_caps(groups: dict[str, list[UploadFile]], settings: Settings) -> None:
-    """File count and per-file size, before any image is read."""
+def check_caps(groups: dict[str, list[UploadFile]], settings: Settings) -> int:
+    """File count and per-file size, before any image is read -> the files' total bytes."""
     total = sum(len(files) for files in groups.values())
     if total > settings.max_files:
         raise ApiError(413, "too_many_files", f"{total} files; at most {settings.max_files} per request",
@@ -71,6 +71,7 @@ def check_caps(groups: dict[str, list[UploadFile]], settings: Settings) -> None:
             if size == 0:
                 raise ApiError(422, "empty_file", f"{field}[{i}] ({upload.filename}) is empty",
                                {"field": field, "index": i})
+    return sum(file_size(u.file) for files in groups.values() for u in files)
 
 
 def hash_all(groups: dict[str, list[UploadFile]]) -> dict[tuple[str, int], str]:

@@ -41,3 +41,23 @@ def test_ended_jobs_free_the_quota(capped: Api) -> None:
     assert capped.submit(model["id"]).status_code == 429
     assert capped.client.post(f"/v1/jobs/{ids[0]}:cancel", headers=capped.h("operator")).status_code == 202
     assert capped.submit(model["id"]).status_code == 202
+
+
+def test_a_key_over_its_daily_upload_bytes_gets_429_and_ended_jobs_still_count(settings: Settings) -> None:
+    from app.db import session_scope
+    from app.models import Job
+
+    with Api(settings) as probe:  # the default submission's size, to set the cap at two and a half of them
+        first = probe.submit(probe.register_model(32)["id"], subject_ref="size").json()["id"]
+        with session_scope(probe.settings) as session:
+            one = session.get(Job, first).upload_bytes
+    assert one > 0
+    with Api(settings.model_copy(update={"max_upload_bytes_per_key_per_day": int(2.5 * one)})) as api:
+        model = api.register_model(32)
+        ids = [api.submit(model["id"], subject_ref=f"t{i}").json()["id"] for i in range(2)]
+        over = api.submit(model["id"], subject_ref="t2")
+        assert over.status_code == 429 and over.json()["error"]["code"] == "upload_quota_exceeded"
+        assert over.headers["Retry-After"] and over.json()["error"]["details"]["used"] == 2 * one
+        assert api.client.post(f"/v1/jobs/{ids[0]}:cancel", headers=api.h("operator")).status_code == 202
+        assert api.submit(model["id"], subject_ref="t3").status_code == 429  # bytes a day, not bytes waiting
+        assert api.submit(model["id"], role="other").status_code == 202  # another key's own quota
