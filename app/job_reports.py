@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app import storage_keys
+from app import audit, storage_keys
 from app.models import ApiKey, Job
 from app.storage import Storage
 
@@ -38,6 +38,14 @@ def job_section(job: Job, submitted_by_name: str | None) -> dict[str, Any]:
         "started_at": job.started_at.isoformat() if job.started_at else None,
         "attempts": job.attempts,
     }
+
+
+def audit_head(session: Session) -> dict[str, Any]:
+    """The audit chain's head as the report is made (`GET /v1/audit/head`): a reader who pins it can later check
+    with `taming audit verify --head` that the chain still holds it, and that nothing before it changed."""
+    head = audit.head(session)
+    return {"id": head.id, "hash": head.hash, "mac": head.mac} if head else {"id": 0, "hash": audit.GENESIS,
+                                                                            "mac": None}
 
 
 def outcome(state: str, error: str | None, phase: str | None, version: int | None) -> dict[str, Any]:
@@ -96,5 +104,6 @@ def store_failure(session: Session, storage: Storage, job: Job, error: str) -> s
     phase = progress.get("last_phase") or (progress.get("phase") if progress.get("phase") != "done" else None)
     if phase is None and job.started_at is not None:
         phase = "loading"  # claimed by a worker, which had written no phase yet
-    report = failure_report(job, key_name(session, job.submitted_by), error, phase)
+    report = failure_report(job, key_name(session, job.submitted_by), error, phase,
+                            {"audit_head": audit_head(session)})
     return store(storage, job.id, report, failure_html(report))

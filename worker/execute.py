@@ -108,9 +108,10 @@ def _public(message: str, folder: Path, names: dict[str, str]) -> str:
     return message.replace(str(folder), "the upload")
 
 
-def _job_meta(job: Job, batch: Batch, resumed_from: int, key_name: str | None) -> dict[str, Any]:
-    return {**job_reports.job_section(job, key_name), "run_id": batch.run_id, "run_jobs": batch.job_ids,
-            "resumed_from_iteration": resumed_from}
+def _job_meta(job: Job, batch: Batch, inputs: _Inputs) -> dict[str, Any]:
+    return {**job_reports.job_section(job, inputs.key_names.get(job.submitted_by)), "run_id": batch.run_id,
+            "run_jobs": batch.job_ids, "resumed_from_iteration": inputs.resumed_from,
+            "audit_head": inputs.audit_head}
 
 
 @dataclass
@@ -131,6 +132,7 @@ class _Inputs:
     resume_state: dict[str, Any] | None = None
     resumed_from: int = 0
     classifier_keys: dict[str, str] = dataclasses.field(default_factory=dict)  # stored classifier id -> object key
+    audit_head: dict[str, Any] = dataclasses.field(default_factory=dict)  # the chain's head as the run starts
 
 
 def _read_rows(batch: Batch, settings: Any) -> _Inputs | None:
@@ -148,9 +150,10 @@ def _read_rows(batch: Batch, settings: Any) -> _Inputs | None:
         wanted = [(j.parameters or {}).get("classifier_id") for j in jobs]
         keys = {c.id: c.storage_key for c in session.scalars(select(Classifier).where(Classifier.id.in_(
             [w for w in wanted if w])))}
+        head = job_reports.audit_head(session)
     if model is None or base is None:
         return None
-    return _Inputs(model, base, jobs, names, previous, revision, classifier_keys=keys)
+    return _Inputs(model, base, jobs, names, previous, revision, classifier_keys=keys, audit_head=head)
 
 
 def _fetch(inputs: _Inputs, batch: Batch, storage: Storage, tmp: Path) -> None:
@@ -244,7 +247,7 @@ def execute(batch: Batch, settings: Any, t: Timings, owner: str) -> None:
                 finish.fail_jobs(batch, settings, t, [job.id], f"Its images could not be used: {exc}")
                 continue
             rebalance = job_rebalance or rebalance
-            request.meta = _job_meta(job, batch, inputs.resumed_from, inputs.key_names.get(job.submitted_by))
+            request.meta = _job_meta(job, batch, inputs)
             requests.append(request)
         if not requests:
             finish.cleanup_run(batch, settings)
