@@ -38,17 +38,17 @@ ACTOR = "sweeper"
 
 @dataclass(frozen=True)
 class Timings:
-    """The worker's clocks, read from the settings."""
+    """The worker's clocks: a typed view of these Settings fields, with no defaults of its own."""
 
-    heartbeat_seconds: float = 10.0
-    stale_after_seconds: float = 120.0
-    lease_seconds: float = 120.0
-    queued_stale_seconds: float = 60.0
-    sweep_interval_seconds: float = 30.0
-    max_attempts: int = 3
-    checkpoint_every: int = 50
-    progress_every: int = 5
-    job_time_limit_seconds: float = 4 * 3600.0
+    heartbeat_seconds: float
+    stale_after_seconds: float
+    lease_seconds: float
+    queued_stale_seconds: float
+    sweep_interval_seconds: float
+    max_attempts: int
+    checkpoint_every: int
+    progress_every: int
+    job_time_limit_seconds: float
 
     @classmethod
     def from_settings(cls, settings: Any) -> Timings:
