@@ -19,8 +19,7 @@ from sqlalchemy.orm import Session
 from app import audit, storage_keys
 from app.models import ApiKey, Job
 from app.storage import Storage
-
-SCHEMA_VERSION = "1.0"  # taming.report.SCHEMA_VERSION: the same schema, with its measured sections absent
+from rules.report_schema import SCHEMA_VERSION
 
 
 def key_name(session: Session, key_id: str) -> str | None:
@@ -70,6 +69,7 @@ def failure_report(job: Job, submitted_by_name: str | None, error: str, phase: s
         "inputs": {"forget": forget, "holdout": holdout},
         "stopping": {"criterion_met": False, "iterations": int(progress.get("iteration") or 0),
                      "max_abs_d": progress.get("max_abs_d"), "reason": error},
+        "metrics": {}, "history": [], "timing": {"wall_seconds": None},  # nothing was measured
         "outcome": outcome("failed", error, phase, None),
         "progress": progress,
     }

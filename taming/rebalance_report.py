@@ -13,10 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from rules.report_schema import SCHEMA_VERSION
 from taming.rebalance import RebalanceResult
 from taming.report import _data_uri, _jsonable, _png, _samples_figure
-
-SCHEMA_VERSION = "1.0"
 
 
 def share_section(result: RebalanceResult) -> dict[str, Any]:

@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = "1.0"
+from rules.report_schema import SCHEMA_VERSION
+
 FORGET_ITEM_KEYS = ("sha256", "bpd_before", "bpd_after", "quantile_before", "quantile_after", "d", "excluded", "reason")
 STOPPING_KEYS = ("criterion_met", "iterations", "max_abs_d", "reason")
 SET_LABELS = {

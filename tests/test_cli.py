@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from rules.report_schema import SCHEMA
 from taming.checkpoint import file_sha256, save_checkpoint
 from taming.cli import import_command, sample_command, tame_command, verify_command
 from taming.data import FaceSet, quantize
@@ -50,6 +52,7 @@ def test_tame_writes_checkpoint_and_reports(workspace: Path) -> None:
     result = CliRunner().invoke(tame_command, args)
     assert result.exit_code == 0, result.output
     data = json.loads(report.read_text())
+    jsonschema.validate(data, SCHEMA)  # the real report, against the published schema
     assert data["stopping"]["criterion_met"] is True
     assert data["model"]["new_sha256"] == file_sha256(out)
     items = data["inputs"]["forget"]

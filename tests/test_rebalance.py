@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
+from rules.report_schema import SCHEMA
 from taming.data import FaceSet
 from taming.rebalance import share_reached, sides
 from taming.rebalance_cli import classifier_group, rebalance_command
@@ -93,6 +95,7 @@ def test_classifier_train_then_rebalance(workspace: Path) -> None:
         "--method", "paper", "--out", str(out), "--report", str(report)])
     assert result.exit_code in (0, 1), result.output
     data = json.loads(report.read_text())
+    jsonschema.validate(data, SCHEMA)
     assert (result.exit_code == 0) == data["stopping"]["criterion_met"]
     share = data["metrics"]["attribute_share"]
     assert share["samples"] == 64 and share["target"] == 0.1

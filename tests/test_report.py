@@ -98,6 +98,19 @@ def test_report_has_every_design_name() -> None:
     assert json.loads(text)["metrics"]["ks_normality"]["p_value"] is None
 
 
+def test_report_validates_against_the_published_schema() -> None:
+    import jsonschema
+
+    from rules import report_schema
+
+    jsonschema.validate(_report(), report_schema.SCHEMA)
+    assert report_schema.DOC.read_text() == report_schema.document(), "run: python -m rules.report_schema --write"
+    broken = _report()
+    broken["stopping"]["iterations"] = "87"
+    with pytest.raises(jsonschema.ValidationError, match="integer"):
+        jsonschema.validate(broken, report_schema.SCHEMA)
+
+
 def test_report_rejects_missing_names() -> None:
     with pytest.raises(ValueError, match="criterion_met"):
         build_report(

@@ -13,6 +13,7 @@ from app.auth import CurrentKey
 from app.deps import SessionDep, SettingsDep, StorageDep, VerifierDep
 from app.errors import BODY_RESPONSES, ERROR_RESPONSES
 from app.schemas import MAX_VERSION, TEXT_PATTERN, Health, VerifyOut
+from rules import report_schema as report_schema_rule
 
 router = APIRouter()
 
@@ -31,6 +32,12 @@ def verify_images(
 ) -> VerifyOut:
     """Each image's likelihood quantile and distance to the version's threshold, and the verdict for the set."""
     return verify.verify(session, storage, settings, verifier, model_id, version, images, delta, epsilon)
+
+
+@router.get("/v1/reports/schema", tags=["jobs"])
+def report_schema() -> dict[str, Any]:
+    """The JSON Schema of every job's report (`GET /v1/jobs/{id}/report`)."""
+    return report_schema_rule.SCHEMA
 
 
 @router.get("/healthz", response_model=Health, tags=["ops"])

@@ -184,6 +184,15 @@ def test_a_job_that_fails_before_anything_is_measured_keeps_a_small_report(stack
     assert (report["job"]["submitted_by"], report["job"]["submitted_by_name"]) == (key_id, "erasure-desk")
     assert "erasure-desk" in storage.get_bytes(f"reports/{job_id}.html").decode()
     _assert_a_head_of_the_chain(settings, report["job"]["audit_head"])
+    _assert_valid(report)
+
+
+def _assert_valid(report: dict[str, Any]) -> None:
+    import jsonschema
+
+    from rules.report_schema import SCHEMA
+
+    jsonschema.validate(report, SCHEMA)
 
 
 def _assert_a_head_of_the_chain(settings: Any, head: dict[str, Any]) -> None:
@@ -221,7 +230,7 @@ def test_a_finished_job_reads_done_and_its_version_keeps_its_statistics(stack: t
     report = h.report(settings, job_id)
     assert report["outcome"] == {"state": "succeeded", "error": None, "phase": None, "version": 2}
     assert report["job"]["submitted_by_name"] == "alice"
-    _assert_a_head_of_the_chain(settings, report["job"]["audit_head"])
+    _assert_a_head_of_the_chain(settings, report["job"]["audit_head"])  # the fake pipeline's report is no real one
     stats = version_stats.read(get_storage(settings), model_id, 2, h.versions(settings, model_id)[-1].sha256)
     assert stats is not None and (stats["source"], stats["mu"], stats["sigma"]) == ("run", 2.0, 0.25)
 
