@@ -9,6 +9,7 @@ torch, so it runs as a child process (`python -m console import-rosinality`), ke
 from __future__ import annotations
 
 import json
+import resource
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -17,7 +18,10 @@ from typing import Any, BinaryIO
 
 FORMAT = "taming-glow/1"
 MAX_HEADER = 100 * 2**20
-CONVERT_TIMEOUT_S = 600
+# rosinality's train.py defaults, for the names an args.json may leave out
+ROSINALITY_DEFAULTS = {"img_size": 64, "n_flow": 32, "n_block": 4, "n_bits": 5}
+# how a child that hit its address-space bound dies: in Python, in a C++ allocator, or loading torch itself
+OUT_OF_MEMORY = ("MemoryError", "Cannot allocate memory", "failed to map segment", "std::bad_alloc")
 
 
 class CheckpointProblem(ValueError):
@@ -131,14 +135,43 @@ def read_header(fileobj: BinaryIO, file_size: int) -> CheckpointInfo:
     return CheckpointInfo(config["img_size"], config["in_channel"], config["n_bits"], dict(meta))
 
 
-def convert_rosinality(state_path: Path, args_path: Path, out_path: Path) -> None:
-    """Run the torch-side importer in a child process; raise with its message when it refuses."""
+def check_rosinality_args(raw: bytes) -> dict[str, Any]:
+    """The architecture an args.json asks for, checked before any conversion starts (the channels and the
+    width come from the state_dict and are checked on the converted header)."""
+    args = _parse_json(raw)
+    if not isinstance(args, dict):
+        raise CheckpointProblem("args.json must be a JSON object")
+    config = {name: args.get(name, default) for name, default in ROSINALITY_DEFAULTS.items()}
+    for name, value in config.items():
+        low, high = ARCH_RANGES[name]
+        if type(value) is not int or not low <= value <= high:
+            raise CheckpointProblem(f"args.json {name} must be an integer in {low}..{high}, not {str(value)[:40]}")
+    if config["img_size"] % 2 ** config["n_block"]:
+        raise CheckpointProblem(f"args.json img_size {config['img_size']} is not divisible by 2^n_block")
+    return config
+
+
+def convert_rosinality(state_path: Path, args_path: Path, out_path: Path, timeout_s: float = 600,
+                       memory_bytes: int = 8 * 2**30) -> None:
+    """Run the torch-side importer in a child process bounded in time and address space; raise with its message
+    when it refuses or runs past a bound."""
+    try:
+        check_rosinality_args(args_path.read_bytes())
+    except OSError:
+        raise CheckpointProblem("args.json could not be read") from None
     cmd = [sys.executable, "-m", "console", "import-rosinality", str(state_path), "--args", str(args_path),
            "--out", str(out_path)]
+
+    def bounded() -> None:  # in the child, before it execs: a hostile state_dict cannot take the API's memory
+        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=CONVERT_TIMEOUT_S, check=False)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False,
+                              preexec_fn=bounded)
     except subprocess.TimeoutExpired:
-        raise CheckpointProblem("converting the state_dict took too long") from None
+        raise CheckpointProblem(f"converting the state_dict took longer than {timeout_s:g} s") from None
     if done.returncode != 0 or not out_path.is_file():
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no message"]
+        if any(sign in (done.stderr or "") for sign in OUT_OF_MEMORY):
+            raise CheckpointProblem(f"converting the state_dict needed more than {memory_bytes} bytes of memory")
         raise CheckpointProblem(f"could not convert the rosinality state_dict: {tail[0]}")

@@ -30,7 +30,8 @@ def _checkpoint_problem(exc: CheckpointProblem) -> ApiError:
     return ApiError(422, "invalid_checkpoint", str(exc))
 
 
-def open_checkpoint(checkpoint: UploadFile, args: UploadFile | None, workdir: Path) -> tuple[BinaryIO, CheckpointInfo]:
+def open_checkpoint(checkpoint: UploadFile, args: UploadFile | None, workdir: Path,
+                    settings: Settings) -> tuple[BinaryIO, CheckpointInfo]:
     """The safetensors file to store and what its header says; converts a rosinality state_dict first."""
     src: BinaryIO = checkpoint.file
     src.seek(0)
@@ -43,7 +44,7 @@ def open_checkpoint(checkpoint: UploadFile, args: UploadFile | None, workdir: Pa
             upload.file.seek(0)
             path.write_bytes(upload.file.read())
         try:
-            convert_rosinality(state, args_path, out)
+            convert_rosinality(state, args_path, out, settings.convert_timeout_seconds, settings.convert_memory_bytes)
         except CheckpointProblem as exc:
             raise _checkpoint_problem(exc) from None
         src = out.open("rb")
@@ -83,7 +84,7 @@ def register(session: Session, storage: Storage, settings: Settings, key: ApiKey
         raise ApiError(409, "model_name_taken", f"a model named {name!r} exists")
     model_id = new_id()
     with tempfile.TemporaryDirectory(prefix="taming-upload-") as tmp:
-        src, info = open_checkpoint(checkpoint, args, Path(tmp))
+        src, info = open_checkpoint(checkpoint, args, Path(tmp), settings)
         items = _remember_items(remember, info, settings)
         held = _remember_items(remember_holdout, info, settings, "remember_holdout") if remember_holdout else []
         sha = uploads.sha256_of(src)

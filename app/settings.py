@@ -76,6 +76,12 @@ class Settings(BaseSettings):
         default=2 * 2**30, ge=1, description="Most bytes of files one API key may upload in jobs over 24 hours; "
         "more is 429."
     )
+    convert_timeout_seconds: float = Field(
+        default=600, gt=0, description="Longest a rosinality state_dict's conversion may take (then 422)."
+    )
+    convert_memory_bytes: int = Field(
+        default=8 * 2**30, ge=2**30, description="Address space of the conversion's child process (more is 422)."
+    )
     checkpoint_every: int = Field(default=20, ge=1, description="Iterations between saves of a job's resumable state.")
     heartbeat_seconds: float = Field(default=5, gt=0, description="How often a running job updates its heartbeat.")
     stale_after_seconds: float = Field(

@@ -79,3 +79,19 @@ def test_rosinality_import_refuses_pickled_objects(tmp_path: Path) -> None:
     (tmp_path / "args.json").write_text("{}")
     with pytest.raises(CheckpointError, match="not a loadable state_dict"):
         import_rosinality(sd, tmp_path / "args.json")
+
+
+def test_the_apis_conversion_runs_bounded_and_refuses_before_converting(tiny_glow: Glow, tmp_path: Path) -> None:
+    import json
+
+    from app.checkpoints import CheckpointProblem, check_rosinality_args, convert_rosinality, read_header
+
+    sd, args = _rosinality_files(tiny_glow, tmp_path)
+    out = tmp_path / "converted.safetensors"
+    convert_rosinality(sd, args, out, timeout_s=300, memory_bytes=8 * 2**30)  # a real child process
+    with open(out, "rb") as f:
+        assert read_header(f, out.stat().st_size).image_size == tiny_glow.config.img_size
+    with pytest.raises(CheckpointProblem, match="n_flow must be an integer in 1..64"):
+        check_rosinality_args(json.dumps({"n_flow": 10000}).encode())  # refused before a child starts
+    with pytest.raises(CheckpointProblem, match="memory"):
+        convert_rosinality(sd, args, tmp_path / "o2.safetensors", timeout_s=300, memory_bytes=2**27)

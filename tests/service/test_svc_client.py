@@ -19,7 +19,7 @@ from app.submit import outcome, parse_params
 def test_rosinality_state_dict_is_converted(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[Any] = []
 
-    def fake_convert(state: Path, args: Path, out: Path) -> None:  # the real one runs torch in a child
+    def fake_convert(state: Path, args: Path, out: Path, *bounds: float) -> None:  # the real one: a torch child
         calls.append(json.loads(args.read_text()))
         out.write_bytes(checkpoint(16, 1))
 
