@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
     for direction, strategy in args.runs:
         target = p0.share / 2 if direction == "decrease" else min(1.0, 1.5 * p0.share)
         config = method_config(args.method, max_iterations=args.max_iterations, stats_images=args.stats_images,
-                               delta=args.delta)
+                               delta=args.delta, share_rule=args.share_rule)
         started = time.perf_counter()
         result = rebalance(base, sides(pos, neg, direction, strategy), config, target, direction, monitor,
                            final_meter=final, space=space,
@@ -123,6 +123,8 @@ def main() -> None:
     p.add_argument("--delta", type=float, default=4.0)
     p.add_argument("--method", default="specific")
     p.add_argument("--runs", default="decrease:,increase:push_negatives,increase:pull_positives")
+    p.add_argument("--share-rule", default="point", choices=["point", "interval"],
+                   help="stop on the share itself, or once the target lies inside its 95%% interval")
     p.add_argument("--json", help="write the rows here")
     args = p.parse_args()
     args.runs = [tuple(r.split(":")) for r in args.runs.split(",")]

@@ -31,6 +31,7 @@ class TameConfig:
     target_share: float | None = None  # rebalancing: stop when the attribute's share reaches this
     direction: str = "decrease"  # rebalancing: whether the share should fall or rise to the target
     share_every: int = 10
+    share_rule: str = "point"  # rebalancing: stop on the share itself ("point") or on its interval ("interval")
     method: str = "paper"  # the name the report gives; method_config() fills the knobs below
     forget_draws: int = 1  # dequantization draws per forget image in the loss (importance-weighted when > 1)
     batch_policy: str = "random"  # or "lowest": the forget images farthest below the threshold

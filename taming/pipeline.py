@@ -127,7 +127,7 @@ def run_requests(
     else:
         remember, remember_holdout, unseen = _others(remember, remember_holdout, unseen, requests)
     planned, forget_u8 = _plan(requests)
-    shares = _share_run(rebalance, base) if rebalance else None
+    shares = _share_run(rebalance, base, config.share_rule) if rebalance else None
     near = _near_images(space, planned, remember) if rebalance is None and config.near_fraction > 0 else None
     tamed, n_bits = _prepare(base, precision := precision or Precision()), base.config.n_bits
     phase("taming")
@@ -237,7 +237,7 @@ def features_for(remember: FaceSet, cache_dir: Path | None) -> FeatureSpace:
     return space
 
 
-def _share_run(rebalance: Rebalance, base: Glow) -> Any:
+def _share_run(rebalance: Rebalance, base: Glow, rule: str) -> Any:
     """The run's share meter: the stored classifier (or one trained and measured by person here), refused before
     any taming when its by-person accuracy is below 75%."""
     from taming.attribute import MIN_ACCURACY, fit_classifier, load_classifier
@@ -258,7 +258,7 @@ def _share_run(rebalance: Rebalance, base: Glow) -> Any:
                         "it cannot tell the classes apart on unseen people")
     meter = ShareMeter.for_model(base, classifier.predict, acc.error_rates(), rebalance.samples,
                                  rebalance.temperature)
-    shares = ShareRun(meter, rebalance.target_share, rebalance.direction)
+    shares = ShareRun(meter, rebalance.target_share, rebalance.direction, rule=rule)
     shares.classifier = classifier
     return shares
 

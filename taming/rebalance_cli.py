@@ -118,12 +118,14 @@ def train_classifier_command(positive: str | None, negative: str | None, data: s
 @click.option("--monitor-samples", type=int, help="samples behind the share every 10 iterations [default: --samples]")
 @click.option("--temperature", default=0.7, show_default=True)
 @click.option("--seed", default=0, show_default=True)
+@click.option("--share-rule", default="point", show_default=True, type=click.Choice(["point", "interval"]),
+              help="stop when the share reaches the target, or once the target lies inside its 95% interval")
 @click.option("--out", required=True, help="rebalanced checkpoint to write")
 @click.option("--report", "report_path", required=True, help="JSON report to write (the HTML goes beside it)")
 def rebalance_command(model_path: str, classifier_path: str, positive: str | None, negative: str | None,
                       data: str | None, remember: str | None, direction: str, target_share: float, strategy: str,
                       delta: float, method: str, max_iterations: int, samples: int, monitor_samples: int | None,
-                      temperature: float, seed: int, out: str, report_path: str) -> None:
+                      temperature: float, seed: int, share_rule: str, out: str, report_path: str) -> None:
     """Tame the model until the attribute's corrected share reaches TARGET; exit 1 if not reached by the cap."""
     from taming.cli_common import fail, load_set
 
@@ -135,7 +137,7 @@ def rebalance_command(model_path: str, classifier_path: str, positive: str | Non
     try:
         from taming.tame import method_config
 
-        config = method_config(method, delta=delta, max_iterations=max_iterations, seed=seed)
+        config = method_config(method, delta=delta, max_iterations=max_iterations, seed=seed, share_rule=share_rule)
     except ValueError as exc:
         fail(str(exc))
     report, pngs, reached = _run(model_path, classifier, classifier_path, (pos, neg, others), config,

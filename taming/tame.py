@@ -340,7 +340,7 @@ def _check(config: TameConfig) -> None:
     choices = {"batch_policy": ("random", "lowest"), "stop_rule": ("paper", "tracked"),
                "stats_rule": ("refresh", "rolling"),
                "certify": ("mean", "discrete"), "remember_loss": ("paper", "anchored"),
-               "forget_loss": ("paper", "scale_free")}
+               "forget_loss": ("paper", "scale_free"), "share_rule": ("point", "interval")}
     for name, allowed in choices.items():
         if getattr(config, name) not in allowed:
             raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(config, name)!r}")

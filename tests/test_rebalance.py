@@ -37,13 +37,22 @@ def _estimate(share: float, low: float, high: float) -> ShareEstimate:
     return ShareEstimate(share, low, high, share, 1000, 0.7, 0)
 
 
-def test_stop_rule_is_the_target_inside_the_interval_or_passed() -> None:
-    assert share_reached(_estimate(0.2, 0.14, 0.26), 0.15, "decrease")
-    assert not share_reached(_estimate(0.25, 0.2, 0.3), 0.15, "decrease")
-    assert share_reached(_estimate(0.05, 0.02, 0.08), 0.15, "decrease")  # overshot: the whole interval is past
-    assert share_reached(_estimate(0.5, 0.47, 0.53), 0.45, "increase")
-    assert not share_reached(_estimate(0.3, 0.25, 0.35), 0.45, "increase")
-    assert not share_reached(_estimate(0.05, 0.02, 0.08), 0.45, "increase")
+def test_interval_stop_rule_is_the_target_inside_the_interval_or_passed() -> None:
+    assert share_reached(_estimate(0.2, 0.14, 0.26), 0.15, "decrease", "interval")
+    assert not share_reached(_estimate(0.25, 0.2, 0.3), 0.15, "decrease", "interval")
+    assert share_reached(_estimate(0.05, 0.02, 0.08), 0.15, "decrease", "interval")  # the whole interval is past
+    assert share_reached(_estimate(0.5, 0.47, 0.53), 0.45, "increase", "interval")
+    assert not share_reached(_estimate(0.3, 0.25, 0.35), 0.45, "increase", "interval")
+    assert not share_reached(_estimate(0.05, 0.02, 0.08), 0.45, "increase", "interval")
+
+
+def test_point_stop_rule_waits_for_the_share_itself() -> None:
+    assert not share_reached(_estimate(0.2, 0.14, 0.26), 0.15, "decrease")  # the interval holds 0.15, the share not
+    assert share_reached(_estimate(0.15, 0.09, 0.21), 0.15, "decrease")
+    assert share_reached(_estimate(0.46, 0.40, 0.52), 0.45, "increase")
+    assert not share_reached(_estimate(0.44, 0.38, 0.50), 0.45, "increase")
+    with pytest.raises(ValueError, match="share_rule"):
+        share_reached(_estimate(0.2, 0.1, 0.3), 0.15, "decrease", "vibes")
 
 
 def test_sides_of_each_direction() -> None:
