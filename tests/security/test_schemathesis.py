@@ -1,5 +1,5 @@
-"""Schemathesis against the embedded service (SQLite), admin and operator keys: no server error and no status
-code the OpenAPI document does not list, for generated valid and invalid requests of every operation.
+"""Schemathesis against the service on SQLite and on PostgreSQL, admin and operator keys: no server error and no
+status code the OpenAPI document does not list, for generated valid and invalid requests of every operation.
 
 Slow (minutes): `pytest -m slow tests/security/test_schemathesis.py`. Driven through the Python API (each
 operation's Hypothesis strategy), not the pytest plugin, whose lazy fixtures this pytest does not support.
@@ -25,9 +25,12 @@ ROLES = ("admin", "operator")
 SKIP = {"GET /v1/jobs/{job_id}/events"}  # a stream of a queued job never ends; tests/security/test_streams.py
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    with Api(Settings(var_dir=tmp_path_factory.mktemp("st") / "var", verify_prestart=False)) as api:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def service(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    # PostgreSQL refuses what SQLite stores (NUL bytes, integers past 2^31, non-finite JSON numbers): both run
+    database = {"database_url": request.getfixturevalue("pg_url")} if request.param == "postgresql" else {}
+    settings = Settings(var_dir=tmp_path_factory.mktemp("st") / "var", verify_prestart=False, **database)
+    with Api(settings) as api:
         api.register_model(32)
         yield api
 
