@@ -39,7 +39,7 @@ class TameConfig:
     certify: str = "mean"  # or "discrete": confirm on the importance-weighted bpd
     certify_images: int = 1024  # remember images behind the confirmation's μ_R, σ_R
     remember_loss: str = "paper"  # or "anchored"
-    remember_pull: float = 0.0  # anchored only: weight of the remember batch's mean rise (in σ_R) in L_R
+    remember_pull: float = 0.0  # anchored only: weight of the remember batch's mean bpd rise (in σ_R) in L_R
     near_fraction: float = 0.0  # share of each remember batch drawn from the person's nearest identities
     even_weight: float = 0.0  # weight of the forget images' within-bin unevenness (mean − discrete bpd, in σ_R)
     stats_rule: str = "refresh"  # or "rolling": μ_R, σ_R over the last stats_images remember bpd of the steps
