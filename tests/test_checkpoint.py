@@ -93,5 +93,6 @@ def test_the_apis_conversion_runs_bounded_and_refuses_before_converting(tiny_glo
         assert read_header(f, out.stat().st_size).image_size == tiny_glow.config.img_size
     with pytest.raises(CheckpointProblem, match=r"n_flow must be an integer in 1\.\.64"):
         check_rosinality_args(json.dumps({"n_flow": 10000}).encode())  # refused before a child starts
-    with pytest.raises(CheckpointProblem, match="memory"):
+    # 128 MiB cannot even load torch: the child dies (how it reports that varies), the API answers with a 422
+    with pytest.raises(CheckpointProblem, match="convert"):
         convert_rosinality(sd, args, tmp_path / "o2.safetensors", timeout_s=300, memory_bytes=2**27)
