@@ -20,6 +20,7 @@ class TameConfig:
     forget_share: float = 0.0  # forget batch = this share of D_F's images, between forget_batch and forget_batch_max
     forget_batch_max: int = 32
     forget_per_image: bool = False  # weigh the forget loss by batch / forget_batch: each image as in a batch of 8
+    lr_with_batch: bool = False  # lr grows with the forget batch: lr · forget_batch_for(k) / forget_batch
     remember_batch: int = 8
     max_iterations: int = 800
     stats_every: int = 10  # re-estimate μ_R, σ_R every this many iterations
@@ -52,6 +53,12 @@ class TameConfig:
         """Forget images per step when D_F holds k: a fixed 8 leaves each of 100 photos out of 12 steps in 13."""
         grown = math.ceil(self.forget_share * k)
         return min(k, max(self.forget_batch, min(grown, self.forget_batch_max)))
+
+    def lr_for(self, k: int) -> float:
+        """The learning rate of a run with k forget images (the linear scaling rule when lr_with_batch)."""
+        if not self.lr_with_batch:
+            return self.lr
+        return self.lr * max(1.0, self.forget_batch_for(k) / self.forget_batch)
 
     @property
     def estimator(self) -> str:

@@ -176,8 +176,9 @@ class _Run:
                                                  if self.near is not None else 0)
         self.device = next(tamed.parameters()).device
         self.gen = torch.Generator().manual_seed(config.seed)
-        self.loop = Loop(lr=config.lr, tracked=torch.full((len(forget_q),), float("nan"), dtype=torch.float64))
-        self.optimizer: torch.optim.Optimizer = torch.optim.Adam(tamed.parameters(), lr=config.lr)
+        lr = config.lr_for(len(forget_q))
+        self.loop = Loop(lr=lr, tracked=torch.full((len(forget_q),), float("nan"), dtype=torch.float64))
+        self.optimizer: torch.optim.Optimizer = torch.optim.Adam(tamed.parameters(), lr=lr)
         self.good = snapshot(tamed, self.optimizer)
         self.start = time.perf_counter()
         self.confirm_seconds = 0.0

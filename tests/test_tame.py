@@ -150,6 +150,9 @@ def test_the_forget_batch_grows_with_the_request_between_its_bounds() -> None:
     sizes = {k: config.forget_batch_for(k) for k in (5, 7, 40, 61, 134, 500)}
     assert sizes == {5: 5, 7: 7, 40: 10, 61: 16, 134: 32, 500: 32}
     assert TameConfig().forget_batch_for(134) == 8  # the paper's fixed batch
+    scaled = TameConfig(lr=1e-4, forget_share=0.25, forget_batch_max=16, lr_with_batch=True)
+    assert [scaled.lr_for(k) for k in (7, 40, 61)] == pytest.approx([1e-4, 1.25e-4, 2e-4])
+    assert TameConfig(lr=1e-4, forget_share=0.25).lr_for(61) == 1e-4  # without lr_with_batch
     with pytest.raises(ValueError, match="forget_share"):
         tame_check(TameConfig(forget_share=1.5))
 
