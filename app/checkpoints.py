@@ -151,10 +151,10 @@ def check_rosinality_args(raw: bytes) -> dict[str, Any]:
     return config
 
 
-def convert_rosinality(state_path: Path, args_path: Path, out_path: Path, timeout_s: float = 600,
-                       memory_bytes: int = 8 * 2**30) -> None:
+def convert_rosinality(state_path: Path, args_path: Path, out_path: Path, timeout_s: float,
+                       memory_bytes: int) -> None:
     """Run the torch-side importer in a child process bounded in time and address space; raise with its message
-    when it refuses or runs past a bound."""
+    when it refuses or runs past a bound (Settings.convert_timeout_seconds, convert_memory_bytes)."""
     try:
         check_rosinality_args(args_path.read_bytes())
     except OSError:

@@ -128,10 +128,9 @@ async def hold_streams(url: str, headers: dict[str, str], n: int, seconds: float
 
 async def load_beside_streams(base: str, headers: dict[str, str], clients: int, streams: int,
                               seconds: float) -> tuple[tuple[int, list[float], int], int]:
-    job_url = base
     holding = asyncio.create_task(hold_streams(f"{base}/events", headers, streams, seconds + 2))
     await asyncio.sleep(1.0)  # every stream has opened and polled
-    polled = await load(job_url, headers, clients, seconds)
+    polled = await load(base, headers, clients, seconds)
     return polled, await holding
 
 

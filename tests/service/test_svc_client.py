@@ -34,7 +34,7 @@ def test_rosinality_state_dict_is_converted(api: Api, monkeypatch: pytest.Monkey
 
 def test_conversion_failure_is_a_422(tmp_path: Path) -> None:
     with pytest.raises(app.checkpoints.CheckpointProblem):
-        app.checkpoints.convert_rosinality(tmp_path / "missing.pt", tmp_path / "args.json", tmp_path / "o")
+        app.checkpoints.convert_rosinality(tmp_path / "missing.pt", tmp_path / "args.json", tmp_path / "o", 60, 2**33)
 
 
 def test_wrong_format_metadata(api: Api) -> None:
