@@ -19,6 +19,17 @@ def forget_loss(bpd_forget: Tensor, threshold: float, scale: float = 1.0) -> Ten
     return sigmoid(delta**2).mean()
 
 
+def shortfall(bpd_forget: Tensor, threshold: float, scale: float, upward: bool = True) -> Tensor:
+    """mean(relu(t - bpd) / scale) over the forget batch [B] -> scalar (mirrored when not `upward`).
+
+    The paper's sigmoid((bpd - t)^2) has a gradient that falls to 0 as an image nears t, where the remember loss
+    still pulls back: many images (a coalesced run, a person with a hundred photos) then settle short of the
+    threshold. This linear term pulls every image still short of t at a constant rate and none past it.
+    """
+    gap = threshold - bpd_forget if upward else bpd_forget - threshold
+    return (gap.clamp(min=0) / scale).mean()
+
+
 def normal_fit(bpd: Tensor) -> tuple[Tensor, Tensor]:
     """Mean and standard deviation of a batch of bpd values [B] (a normal fitted to the batch)."""
     return bpd.mean(), bpd.std()

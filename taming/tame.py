@@ -36,7 +36,7 @@ from taming.device import to_device
 from taming.glow import Glow
 from taming.likelihood import importance_weighted_bpd
 from taming.loop_state import Loop, TamingError, recover, restore_state, save_state, snapshot
-from taming.losses import anchor_loss, forget_loss, mean_rise, remember_loss, symmetric_kl_loss, total_loss
+from taming.losses import anchor_loss, forget_loss, mean_rise, remember_loss, shortfall, symmetric_kl_loss, total_loss
 from taming.threshold import bpd_of, confirmed, distances, remember_bpd, remember_stats
 
 # Re-exported: the loop's configuration and threshold live in their own modules.
@@ -176,7 +176,7 @@ class _Run:
                                                  if self.near is not None else 0)
         self.device = next(tamed.parameters()).device
         self.gen = torch.Generator().manual_seed(config.seed)
-        lr = config.lr_for(len(forget_q))
+        lr, self.pull = config.lr_for(len(forget_q)), config.pull_for(len(forget_q))
         self.loop = Loop(lr=lr, tracked=torch.full((len(forget_q),), float("nan"), dtype=torch.float64))
         self.optimizer: torch.optim.Optimizer = torch.optim.Adam(tamed.parameters(), lr=lr)
         self.good = snapshot(tamed, self.optimizer)
@@ -288,7 +288,10 @@ class _Run:
         c, loop = self.config, self.loop
         with torch.no_grad():
             bpd_b = self.base.bpd(fwd.x_remember)
-        l_f = forget_loss(fwd.forget, loop.mu + c.delta * loop.sigma, _scale(c, loop.sigma))
+        threshold = loop.mu + c.delta * loop.sigma
+        l_f = forget_loss(fwd.forget, threshold, _scale(c, loop.sigma))
+        if self.pull > 0:
+            l_f = l_f + self.pull * shortfall(fwd.forget, threshold, loop.sigma0, c.delta >= 0)
         if c.even_weight > 0:
             l_f = l_f + c.even_weight * fwd.uneven.mean() / loop.sigma0
         if c.forget_per_image:

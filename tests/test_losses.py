@@ -70,3 +70,15 @@ def test_mean_rise_pulls_every_image_equally_even_beside_the_anchor() -> None:
     rise.backward()
     assert moved.grad is not None and torch.allclose(moved.grad, torch.full((3,), 1 / 0.3))
     assert mean_rise(base - 0.1, base, 0.1).item() == pytest.approx(-1.0, rel=1e-5)  # below the base: negative
+
+
+def test_shortfall_pulls_only_the_images_short_of_the_threshold_at_a_constant_rate() -> None:
+    from taming.losses import shortfall
+
+    bpd = torch.tensor([1.0, 1.9, 2.5], requires_grad=True)  # 1.0 σ and 0.1 σ short of t = 2, one past it
+    loss = shortfall(bpd, threshold=2.0, scale=1.0)
+    assert loss.item() == pytest.approx((1.0 + 0.1) / 3, rel=1e-5)
+    loss.backward()
+    assert bpd.grad is not None and torch.allclose(bpd.grad, torch.tensor([-1 / 3, -1 / 3, 0.0]))
+    mirrored = shortfall(torch.tensor([1.0, 3.0]), threshold=2.0, scale=0.5, upward=False)  # δ < 0: above t is short
+    assert mirrored.item() == pytest.approx(1.0, rel=1e-5)

@@ -170,6 +170,21 @@ def test_forget_per_image_weighs_a_grown_batch_as_batches_of_forget_batch(tiny_b
     assert seen[True] == pytest.approx(3 * seen[False], rel=1e-5)  # 12 images in one batch = three batches of 4
 
 
+def test_forget_pull_weighs_the_shortfall_by_the_share_of_images_a_step_leaves_out(tiny_base: Glow,
+                                                                                   two_people: FaceSet) -> None:
+    x = quantize(two_people.images, 5)
+    forget, remember = x[:12], x[20:]
+    config = TameConfig(forget_batch=4, forget_pull=0.5)
+    assert config.pull_for(12) == pytest.approx(0.5 * (1 - 4 / 12)) and config.pull_for(4) == 0.0
+    seen: dict[float, float] = {}
+    for pull in (0.0, 0.5):
+        probe = TameConfig(forget_batch=4, forget_pull=pull, max_iterations=1, stats_images=20, lr=0.0)
+        tame(copy.deepcopy(tiny_base), tiny_base, forget, remember, probe,
+             on_step=lambda info, p=pull: seen.__setitem__(p, info.losses["forget_loss"]))
+    # the forget images start about δ = 4 σ_R short of the threshold: the pull adds about (1/3) · 4 to L_F
+    assert seen[0.5] - seen[0.0] > (1 / 3) * 3.0
+
+
 def test_resume_of_the_improved_method_continues_exactly(tiny_base: Glow, two_people: FaceSet) -> None:
     from taming.tame import method_config
 
