@@ -42,6 +42,7 @@ class TameConfig:
     remember_loss: str = "paper"  # or "anchored"
     remember_pull: float = 0.0  # anchored only: weight of the remember batch's mean bpd rise (in σ_R) in L_R
     forget_pull: float = 0.0  # weight of the forget images' mean shortfall (in σ_R) in L_F; see pull_for
+    forget_pull_from: int = 0  # the iteration from which the pull acts: a rescue for runs that stall
     near_fraction: float = 0.0  # share of each remember batch drawn from the person's nearest identities
     even_weight: float = 0.0  # weight of the forget images' within-bin unevenness (mean − discrete bpd, in σ_R)
     stats_rule: str = "refresh"  # or "rolling": μ_R, σ_R over the last stats_images remember bpd of the steps
@@ -61,14 +62,17 @@ class TameConfig:
             return self.lr
         return self.lr * max(1.0, self.forget_batch_for(k) / self.forget_batch)
 
-    def pull_for(self, k: int) -> float:
+    def pull_for(self, k: int, iteration: int) -> float:
         """Weight of the shortfall pull in a run with k forget images: forget_pull · (1 − batch / k).
 
         A step's sigmoid pulls only the images of its forget batch, a share batch / k of them, while the remember
         loss pulls back at every step; the pull makes up for the images a step leaves out. A request whose photos
         all fit one batch gets none: 7 AT&T photos converged without it, and with it lost specificity
-        (README, "The method, measured")."""
-        return self.forget_pull * max(0.0, 1.0 - self.forget_batch_for(k) / k) if k else 0.0
+        (README, "The method, measured"). Before forget_pull_from it is 0: on LFW the pull from the first step
+        shortened every run but cost BPD(D_R), so it rescues only the runs still unconfirmed by then."""
+        if not k or iteration < self.forget_pull_from:
+            return 0.0
+        return self.forget_pull * max(0.0, 1.0 - self.forget_batch_for(k) / k)
 
     @property
     def estimator(self) -> str:

@@ -176,7 +176,7 @@ class _Run:
                                                  if self.near is not None else 0)
         self.device = next(tamed.parameters()).device
         self.gen = torch.Generator().manual_seed(config.seed)
-        lr, self.pull = config.lr_for(len(forget_q)), config.pull_for(len(forget_q))
+        lr = config.lr_for(len(forget_q))
         self.loop = Loop(lr=lr, tracked=torch.full((len(forget_q),), float("nan"), dtype=torch.float64))
         self.optimizer: torch.optim.Optimizer = torch.optim.Adam(tamed.parameters(), lr=lr)
         self.good = snapshot(tamed, self.optimizer)
@@ -290,8 +290,9 @@ class _Run:
             bpd_b = self.base.bpd(fwd.x_remember)
         threshold = loop.mu + c.delta * loop.sigma
         l_f = forget_loss(fwd.forget, threshold, _scale(c, loop.sigma))
-        if self.pull > 0:
-            l_f = l_f + self.pull * shortfall(fwd.forget, threshold, loop.sigma0, c.delta >= 0)
+        pull = c.pull_for(len(self.forget_q), loop.iteration)
+        if pull > 0:
+            l_f = l_f + pull * shortfall(fwd.forget, threshold, loop.sigma0, c.delta >= 0)
         if c.even_weight > 0:
             l_f = l_f + c.even_weight * fwd.uneven.mean() / loop.sigma0
         if c.forget_per_image:

@@ -111,7 +111,10 @@ def test_every_method_preset_is_a_valid_config() -> None:
     improved = method_config("improved")
     assert improved.forget_draws > 1 and improved.batch_policy == "lowest" and improved.stop_rule == "tracked"
     assert improved.certify == "discrete" and improved.remember_loss == "anchored" and improved.near_fraction > 0
+    # the shortfall pull rescues only large runs still going late: never a request that fits one forget batch
+    assert improved.pull_for(56, 700) > 0 and improved.pull_for(56, 100) == 0 and improved.pull_for(7, 700) == 0
     paper = method_config("paper")
+    assert paper.pull_for(56, 700) == 0
     assert (paper.forget_draws, paper.batch_policy, paper.certify) == (1, "random", "mean")
     with pytest.raises(ValueError, match="method must be one of"):
         method_config("magic")
@@ -175,7 +178,8 @@ def test_forget_pull_weighs_the_shortfall_by_the_share_of_images_a_step_leaves_o
     x = quantize(two_people.images, 5)
     forget, remember = x[:12], x[20:]
     config = TameConfig(forget_batch=4, forget_pull=0.5)
-    assert config.pull_for(12) == pytest.approx(0.5 * (1 - 4 / 12)) and config.pull_for(4) == 0.0
+    assert config.pull_for(12, 0) == pytest.approx(0.5 * (1 - 4 / 12)) and config.pull_for(4, 0) == 0.0
+    assert TameConfig(forget_batch=4, forget_pull=0.5, forget_pull_from=400).pull_for(12, 399) == 0.0
     seen: dict[float, float] = {}
     for pull in (0.0, 0.5):
         probe = TameConfig(forget_batch=4, forget_pull=pull, max_iterations=1, stats_images=20, lr=0.0)
