@@ -50,7 +50,7 @@ METHOD_NAMES = tuple(METHODS)
 
 # Forget images one coalesced run may carry. With random forget batches of 8 every image must be in every step
 # (8 people x 7 photos with the paper's method did not converge in 800 iterations on the shipped model); `improved`
-# (batches of the images farthest below the threshold, and the shortfall pull) confirmed 8 x 7 in 483 iterations.
+# (batches of the images farthest below the threshold, and the shortfall pull) confirmed 8 x 7 in 609 iterations.
 # 80 is the 8 requests x 10 photos, not measured beyond 56.
 COALESCE_IMAGES = {"random": 8, "lowest": 80}
 

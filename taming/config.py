@@ -68,7 +68,7 @@ class TameConfig:
         A step's sigmoid pulls only the images of its forget batch, a share batch / k of them, while the remember
         loss pulls back at every step; the pull makes up for the images a step leaves out. A request whose photos
         all fit one batch gets none: 7 AT&T photos converged without it, and with it lost specificity
-        (README, "The method, measured"). Before forget_pull_from it is 0: on LFW the pull from the first step
+        (README, "The shortfall pull"). Before forget_pull_from it is 0: on LFW the pull from the first step
         shortened every run but cost BPD(D_R), so it rescues only the runs still unconfirmed by then."""
         if not k or iteration < self.forget_pull_from:
             return 0.0
