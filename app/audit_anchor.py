@@ -83,14 +83,14 @@ def mac_ok(settings: Settings, row_hash: str, value: str | None) -> bool:
     return value is not None and hmac.compare_digest(mac(settings, row_hash), value)
 
 
-def _head_file(settings: Settings) -> Path:
+def head_file(settings: Settings) -> Path:
     return Path(settings.audit_head_file or settings.var_dir / "audit.head")
 
 
 def stored_head(settings: Settings) -> Head | None:
     """The head last written to the head file, or None when none was."""
     try:
-        data: dict[str, Any] = json.loads(_head_file(settings).read_text())
+        data: dict[str, Any] = json.loads(head_file(settings).read_text())
         return Head(int(data["id"]), str(data["hash"]), data.get("mac"))
     except FileNotFoundError:
         return None
@@ -101,7 +101,7 @@ def stored_head(settings: Settings) -> Head | None:
 def _publish(settings: Settings, head: Head) -> None:
     # Only ever forward, under a lock: of two concurrent writers the later row wins. The head is written after
     # its row has committed, so it never names a row the database lacks (no false alarm).
-    path = _head_file(settings)
+    path = head_file(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

@@ -105,5 +105,8 @@ BODY_RESPONSES: dict[int | str, dict[str, Any]] = {
     for code, text in [(400, "the body cannot be parsed (malformed JSON or multipart)"),
                        (408, "the body stopped arriving"), (413, "body, file or file count over its cap")]
 }
+# Routes whose request can clash with the resource's state: a taken name, an ended job, a reused idempotency key.
+CONFLICT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorResponse, "description": "conflicts with the resource's state (the message says which)"}}
 QUOTA_RESPONSES: dict[int | str, dict[str, Any]] = {
     429: {"model": ErrorResponse, "description": "quota exceeded (Retry-After says when to try again)"}}

@@ -9,6 +9,11 @@ from collections.abc import Iterator
 import pytest
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--schemathesis-scale", type=int, default=1,
+                     help="multiplies the schemathesis cases of tests/security/test_schemathesis.py (8: >= 20,000)")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread() -> None:
     # Tiny models run faster on one thread, and CI's two cores are shared with the service tests.

@@ -10,14 +10,15 @@ from fastapi.responses import HTMLResponse, StreamingResponse
 from app import events, jobs, storage_keys
 from app.auth import CurrentKey, SubmitterKey, visible_job
 from app.deps import EnqueueDep, SessionDep, SettingsDep, StorageDep
-from app.errors import BODY_RESPONSES, ERROR_RESPONSES, QUOTA_RESPONSES, ApiError
+from app.errors import BODY_RESPONSES, CONFLICT_RESPONSES, ERROR_RESPONSES, QUOTA_RESPONSES, ApiError
 from app.schemas import TEXT_PATTERN, JobList, JobOut
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 Files = Annotated[list[UploadFile] | None, File()]
 
 
-@router.post("", status_code=202, response_model=JobOut, responses={**BODY_RESPONSES, **QUOTA_RESPONSES})
+@router.post("", status_code=202, response_model=JobOut,
+             responses={**BODY_RESPONSES, **CONFLICT_RESPONSES, **QUOTA_RESPONSES})
 def submit_job(
     response: Response, key: SubmitterKey, session: SessionDep, settings: SettingsDep, storage: StorageDep,
     enqueue: EnqueueDep,
@@ -66,7 +67,7 @@ def get_job(job_id: str, key: CurrentKey, session: SessionDep) -> JobOut:
     return JobOut.of(visible_job(session, key, job_id))
 
 
-@router.post("/{job_id}:cancel", response_model=JobOut, status_code=202)
+@router.post("/{job_id}:cancel", response_model=JobOut, status_code=202, responses=CONFLICT_RESPONSES)
 def cancel_job(job_id: str, key: SubmitterKey, session: SessionDep, storage: StorageDep) -> JobOut:
     """Cancel: a queued job ends at once, a running one stops at its next iteration."""
     return JobOut.of(jobs.cancel(session, storage, key, visible_job(session, key, job_id)))

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from app import lineage, registry
 from app.auth import AdminKey, CurrentKey, ReaderKey
 from app.deps import SessionDep, SettingsDep, StorageDep
-from app.errors import BODY_RESPONSES, ERROR_RESPONSES
+from app.errors import BODY_RESPONSES, CONFLICT_RESPONSES, ERROR_RESPONSES
 from app.models import Model
 from app.schemas import TEXT_PATTERN, ModelList, ModelOut, PromoteRequest, VersionList, VersionOut, VersionPath
 from app.storage import LocalStorage
@@ -20,7 +20,7 @@ from app.storage import LocalStorage
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERROR_RESPONSES)
 
 
-@router.post("", status_code=201, response_model=ModelOut, responses=BODY_RESPONSES)
+@router.post("", status_code=201, response_model=ModelOut, responses={**BODY_RESPONSES, **CONFLICT_RESPONSES})
 def register_model(
     key: AdminKey, session: SessionDep, settings: SettingsDep, storage: StorageDep,
     name: Annotated[str, Form(min_length=1, max_length=200, pattern=TEXT_PATTERN)],
@@ -81,7 +81,8 @@ def download_checkpoint(model_id: str, version: VersionPath, _key: ReaderKey, se
     return FileResponse(path, media_type="application/octet-stream", filename=f"{model_id}-v{version}.safetensors")
 
 
-@router.post("/{model_id}/versions/{version}:promote", response_model=ModelOut, responses=BODY_RESPONSES)
+@router.post("/{model_id}/versions/{version}:promote", response_model=ModelOut,
+             responses={**BODY_RESPONSES, **CONFLICT_RESPONSES})
 def promote_version(model_id: str, version: VersionPath, key: AdminKey, session: SessionDep,
                     req: Annotated[PromoteRequest | None, Body()] = None) -> ModelOut:
     """Make a version current (admin); going back past an erasure needs force and a reason."""
