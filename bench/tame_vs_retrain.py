@@ -61,7 +61,7 @@ def retrain(base: Glow, images: torch.Tensor, remember: torch.Tensor, target: fl
     started = time.perf_counter()
     reached: dict[str, float | None] = {"step": None, "bpd": float("nan")}
 
-    def on_step(step: object, _state: object) -> None:
+    def on_step(step: object) -> None:
         if step.step % 100 == 0:  # type: ignore[attr-defined]
             bpd = float(mean_bpd(fresh, remember, n_bits, draws=1).mean())
             reached.update(step=step.step, bpd=bpd)  # type: ignore[attr-defined]

@@ -49,7 +49,7 @@ def train_command(data: str, out: str, image_size: int, channels: str, n_flow: i
     from taming.checkpoint import save_checkpoint
     from taming.data import quantize
     from taming.glow import Glow, GlowConfig
-    from taming.train import TrainConfig, train
+    from taming.train import TrainConfig, TrainStep, train
 
     if image_size % 2 ** n_block:
         fail(f"--image-size {image_size} must be divisible by 2^n_block = {2 ** n_block}")
@@ -62,11 +62,11 @@ def train_command(data: str, out: str, image_size: int, channels: str, n_flow: i
     bar = tqdm(total=steps, initial=state["step"] if state else 0, desc="train", unit="step")
     meta = {"data_hash": faces.data_hash(), "parent": "", "trained_steps": str(steps)}
 
-    def on_step(step: Any, state_fn: Any) -> None:
+    def on_step(step: TrainStep) -> None:
         bar.update(1)
         bar.set_postfix(bpd=f"{step.bpd:.3f}")
         if step.step % checkpoint_every == 0 or step.step == steps:
-            torch.save(state_fn(), state_path)
+            torch.save(step.state(), state_path)
             save_checkpoint(model, out, **meta)
 
     recipe = TrainConfig(steps, batch_size, lr, shift=shift, cosine=lr_schedule == "cosine", seed=seed)

@@ -35,7 +35,8 @@ from taming.precision import Precision
 from taming.report import render_html
 from taming.requests import Planned, Rebalance, Request, RequestProblem, request_problem
 from taming.run_report import RunContext, Stages, report_for
-from taming.tame import StepInfo, TameConfig, tame
+from taming.stop import StopToken
+from taming.tame import StepInfo, TameConfig, TameResult, tame
 
 FEATURES_VERSION = "v2"  # bumped whenever the feature network's recipe changes, so no stale network is reused
 
@@ -48,6 +49,7 @@ class PipelineResult:
     reports: dict[str, dict[str, Any]]  # request key -> JSON report (DESIGN.md section 8)
     html: dict[str, str]  # request key -> HTML report
     stages: dict[str, float] = field(default_factory=dict)  # seconds per stage of the run (bench/job_profile.py)
+    stopped: bool = False  # ended early by its StopToken: nothing was written
 
 
 def _load(checkpoint: Path, remember: FaceSet, device: str, cache_dir: Path | None, stages: Stages,
@@ -110,43 +112,60 @@ def run_requests(
     cache_dir: Path | None = None,
     on_phase: Callable[[str], None] | None = None,
     precision: Precision | None = None,
+    stop: StopToken | None = None,
 ) -> PipelineResult:
     """Tame the base checkpoint for `requests`, write the tamed checkpoint and one report per request.
 
-    remember: the reference remember set; remember_holdout / unseen: optional held-out photos of remembered
-    people / photos of people never trained on, for the report (anyone being forgotten leaves all three).
-    on_phase(name) hears each phase as it starts: loading, features, taming, confirming (and back to taming
-    when a stop is not confirmed), evaluating, reporting. precision: taming.precision; None: strict fp32.
-    Raises RequestProblem (a DataError naming the request) when one request's images carry no identity.
-    """
+    remember: the reference remember set; remember_holdout / unseen: optional held-out photos of remembered people /
+    photos of people never trained on, for the report (anyone being forgotten leaves all three). on_phase(name)
+    hears each phase as it starts: loading, features, taming, confirming (and back to taming when a stop is not
+    confirmed), evaluating, reporting. precision: taming.precision; None: strict fp32. Raises RequestProblem (a
+    DataError naming the request) when one request's images carry no identity. `stop` (taming.stop) ends the run
+    early: the result is marked `stopped`, with no checkpoint and no report."""
     started, stages, phase = time.perf_counter(), Stages(), on_phase or (lambda _name: None)
     base, meta, space = _load(base_checkpoint, remember, device, cache_dir, stages, phase)
     space_key = remember.data_hash()  # the feature network's key: the whole reference set, people included
     if rebalance is not None:
         requests, remember, config = _rebalance_sets(requests, rebalance, config)
-    else:
+    else:  # everyone being forgotten leaves the report's other sets
         remember, remember_holdout, unseen = _others(remember, remember_holdout, unseen, requests)
     planned, forget_u8 = _plan(requests)
     shares = _share_run(rebalance, base, config.share_rule) if rebalance else None
     near = _near_images(space, planned, remember) if rebalance is None and config.near_fraction > 0 else None
-    tamed, n_bits = _prepare(base, precision := precision or Precision()), base.config.n_bits
-    phase("taming")
-    with stages("taming"):
-        result = tame(tamed, base, quantize(forget_u8, n_bits), quantize(remember.images, n_bits),
-                      config, on_step=_with_shares(on_step, shares), resume=resume_state,
-                      share_fn=shares.share_fn if shares else None, near=near, on_phase=phase,
-                      share_stop=shares.stop if shares else None)
+    tamed = _prepare(base, precision := precision or Precision())
+    result = _loop(tamed, base, forget_u8, remember, config, shares, near, stages, phase,
+                   on_step=_with_shares(on_step, shares), resume=resume_state, stop=stop)
+    if result.stopped:
+        return PipelineResult("", False, result.iterations, {}, {}, stages.seconds, stopped=True)
     phase("evaluating")
-    parent_sha = file_sha256(base_checkpoint)
-    sha = save_checkpoint(result.model, out_checkpoint, data_hash=meta.get("data_hash", ""), parent=parent_sha)
+    sha, parent_sha = _save(result.model, base_checkpoint, out_checkpoint, meta)
     probe, frechet = _samples(base, result.model, space, f"{parent_sha[:16]}-{space_key[:16]}", remember,
                               rebalance is None, cache_dir, stages)
-    cache = BaseCache(cache_dir / f"base-bpd-{parent_sha[:16]}.npz" if cache_dir else None)
     context = RunContext(base, result, config, remember, remember_holdout, unseen, space, sha,
                          {"parent_sha256": parent_sha, **(model_meta or {})}, device, started, stages, frechet,
-                         probe, cache, precision.describe())
+                         probe, BaseCache(cache_dir / f"base-bpd-{parent_sha[:16]}.npz" if cache_dir else None),
+                         precision.describe())
     reports, html = _reports(planned, context, rebalance, shares, phase)
     return PipelineResult(sha, result.criterion_met, result.iterations, reports, html, stages.seconds)
+
+
+def _loop(tamed: Glow, base: Glow, forget_u8: Tensor, remember: FaceSet, config: TameConfig, shares: Any,
+          near: Tensor | None, stages: Stages, phase: Callable[[str], None], *,
+          on_step: Callable[[StepInfo], None] | None,
+          resume: dict[str, Any] | None, stop: StopToken | None) -> TameResult:
+    """The taming loop on the run's sets, quantized to the model's bits."""
+    phase("taming")
+    n_bits = base.config.n_bits
+    with stages("taming"):
+        return tame(tamed, base, quantize(forget_u8, n_bits), quantize(remember.images, n_bits), config,
+                    share_fn=shares.share_fn if shares else None, near=near, on_phase=phase,
+                    share_stop=shares.stop if shares else None, on_step=on_step, resume=resume, stop=stop)
+
+
+def _save(tamed: Glow, base_checkpoint: Path, out_checkpoint: Path, meta: dict[str, Any]) -> tuple[str, str]:
+    """The tamed checkpoint written with its parent's hash: (its SHA-256, the parent's)."""
+    parent_sha = file_sha256(base_checkpoint)
+    return save_checkpoint(tamed, out_checkpoint, data_hash=meta.get("data_hash", ""), parent=parent_sha), parent_sha
 
 
 def _others(remember: FaceSet, remember_holdout: FaceSet | None, unseen: FaceSet | None,

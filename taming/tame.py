@@ -37,6 +37,7 @@ from taming.glow import Glow
 from taming.likelihood import importance_weighted_bpd
 from taming.loop_state import Loop, TamingError, recover, restore_state, save_state, snapshot
 from taming.losses import anchor_loss, forget_loss, mean_rise, remember_loss, shortfall, symmetric_kl_loss, total_loss
+from taming.stop import StopToken
 from taming.threshold import bpd_of, confirmed, distances, remember_bpd, remember_stats
 
 # Re-exported: the loop's configuration and threshold live in their own modules.
@@ -74,6 +75,7 @@ class TameResult:
     history: list[dict[str, float]] = field(default_factory=list)
     wall_seconds: float = 0.0
     confirm_seconds: float = 0.0  # of wall_seconds, spent confirming stops on fresh statistics
+    stopped: bool = False  # ended early by its StopToken: nothing of it is final (d and bpd_forget are NaN)
 
 
 @dataclass
@@ -107,24 +109,24 @@ def tame(
     near: Tensor | None = None,
     on_phase: Callable[[str], None] | None = None,
     share_stop: Callable[[float], bool] | None = None,
+    stop: StopToken | None = None,
 ) -> TameResult:
     """Run the taming loop on `tamed` (modified in place; `base` is never touched).
 
-    forget_q [K, C, H, W] and remember_q [N, C, H, W] are quantized images (taming.data.quantize) and
-    must not share a person (DESIGN.md section 4, step 8). near: indices into remember_q of the images of
-    the identities nearest to the person (used when config.near_fraction > 0). `share_fn(model)`, with
-    `config.target_share`, turns the run into attribute rebalancing: it stops when the share reaches the target.
-    `on_phase` hears "confirming" when a stop is being confirmed on fresh statistics and "taming" when an
-    unconfirmed one goes on iterating. `share_stop(share)`, when given, decides whether a measured share has reached
-    the target in place of the plain comparison with `config.target_share` (taming.rebalance: an interval).
+    forget_q [K, C, H, W] and remember_q [N, C, H, W] are quantized images (taming.data.quantize) and must not share
+    a person (DESIGN.md section 4, step 8). near: indices into remember_q of the images of the identities nearest
+    to the person (used when config.near_fraction > 0). `share_fn(model)`, with `config.target_share`, turns the run
+    into attribute rebalancing: it stops when the share reaches the target. `on_phase` hears "confirming" when a stop
+    is being confirmed on fresh statistics and "taming" when an unconfirmed one goes on iterating. `share_stop(share)`
+    decides whether a measured share has reached the target in place of the plain comparison (taming.rebalance: an
+    interval). `stop` (taming.stop) ends the run before its next iteration, with a result marked `stopped`.
     """
     run = _Run(tamed, base, forget_q, remember_q, config, near)
-    if resume is not None:
-        run.restore(resume)
-    else:
-        run.begin()
+    run.restore(resume) if resume is not None else run.begin()
     share = share_fn(tamed) if share_fn is not None else None
     while True:
+        if stop is not None and stop.requested:
+            return _stopped(run, share)
         it = run.loop.iteration
         run.refresh(it)
         if share_fn is not None and it and it % config.share_every == 0:
@@ -145,6 +147,13 @@ def tame(
                 on_step(run.info(max_abs_d, share, record))
     return TameResult(tamed, met, run.loop.iteration, _reason(met, capped), final.d, final.bpd, final.mu, final.sigma,
                       share, run.loop.history, time.perf_counter() - run.start, run.confirm_seconds)
+
+
+def _stopped(run: _Run, share: float | None) -> TameResult:
+    nan = torch.full((len(run.forget_q),), math.nan, dtype=torch.float64)
+    return TameResult(run.tamed, False, run.loop.iteration, "stopped by the caller", nan, nan.clone(), run.loop.mu,
+                      run.loop.sigma, share, run.loop.history, time.perf_counter() - run.start, run.confirm_seconds,
+                      stopped=True)
 
 
 def _confirm(run: _Run, share: float | None, capped: bool, share_stop: Callable[[float], bool] | None,

@@ -41,9 +41,12 @@ class TrainConfig:
 
 @dataclass
 class TrainStep:
+    """What `on_step` sees after each training step; `state()` gives the resumable state (as tame's StepInfo)."""
+
     step: int
     bpd: float
     lr: float
+    state: Callable[[], dict[str, Any]]
 
 
 def train_state(model: Glow, optimizer: torch.optim.Optimizer, step: int, gen: torch.Generator) -> dict[str, Any]:
@@ -55,10 +58,10 @@ def train(
     model: Glow,
     images_q: Tensor,
     config: TrainConfig,
-    on_step: Callable[[TrainStep, Callable[[], dict[str, Any]]], None] | None = None,
+    on_step: Callable[[TrainStep], None] | None = None,
     resume: dict[str, Any] | None = None,
 ) -> Glow:
-    """Fit `model` to quantized images [N, C, H, W]; `on_step(step, state_fn)` after every step."""
+    """Fit `model` to quantized images [N, C, H, W]; `on_step(step)` after every step."""
     device = next(model.parameters()).device
     n_bits = model.config.n_bits
     gen = torch.Generator().manual_seed(config.seed)
@@ -87,7 +90,7 @@ def train(
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"training diverged at step {step} (bpd {loss.item()})")
         if on_step is not None:
-            on_step(TrainStep(step, loss.item(), lr), partial(train_state, model, optimizer, step, gen))
+            on_step(TrainStep(step, loss.item(), lr, partial(train_state, model, optimizer, step, gen)))
     return model.eval()
 
 

@@ -9,6 +9,7 @@ import torch
 
 from taming.data import FaceSet, quantize
 from taming.glow import Glow, GlowConfig
+from taming.stop import StopToken
 from taming.tame import StepInfo, TameConfig, TamingError, bpd_of, confirmed, distances, remember_stats, tame
 from taming.train import TrainConfig, train
 
@@ -41,6 +42,22 @@ def test_tame_meets_the_confirmed_criterion_and_leaves_the_base_alone(tiny_base:
     assert seen[-1].max_iterations == FAST.max_iterations and seen[-1].eta_seconds is not None
     for k, v in tiny_base.state_dict().items():
         torch.testing.assert_close(v, base_state[k])
+
+
+def test_a_stop_token_ends_the_run_before_its_next_iteration(tiny_base: Glow, two_people: FaceSet) -> None:
+    forget, remember = _sets(two_people)
+    token = StopToken()
+
+    def cancel_at_3(info: StepInfo) -> None:
+        if info.iteration == 3:
+            token.request()  # as the worker's monitor does on a cancel, from the callback or another thread
+
+    result = tame(copy.deepcopy(tiny_base), tiny_base, forget, remember, FAST, on_step=cancel_at_3, stop=token)
+    assert result.stopped and not result.criterion_met
+    assert result.iterations == 3 and len(result.history) == 3
+    assert bool(result.d.isnan().all())  # nothing of a stopped run passes for a verdict
+    early = tame(copy.deepcopy(tiny_base), tiny_base, forget, remember, FAST, stop=token)
+    assert early.stopped and early.iterations == 0
 
 
 def test_resume_continues_exactly_where_the_run_stopped(tiny_base: Glow, two_people: FaceSet) -> None:

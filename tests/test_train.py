@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from taming.glow import Glow, GlowConfig
-from taming.train import TrainConfig, _augment, _learning_rate, train
+from taming.train import TrainConfig, TrainStep, _augment, _learning_rate, train
 
 
 def test_augmentation_translates_by_at_most_shift_pixels() -> None:
@@ -39,9 +39,9 @@ def test_resumed_training_matches_a_straight_run() -> None:
     straight = train(copy.deepcopy(fresh), images, config)
     saved: dict[str, Any] = {}
 
-    def crash_after_step_3(step: Any, state_fn: Any) -> None:
+    def crash_after_step_3(step: TrainStep) -> None:
         if step.step == 3:
-            saved.update(copy.deepcopy(state_fn()))
+            saved.update(copy.deepcopy(step.state()))
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):

@@ -32,7 +32,7 @@ from taming.requests import RequestProblem, request_problem
 from taming.tame import TamingError
 from worker import finish, remember_sets, run_folders
 from worker.batch import Batch
-from worker.finish import LeaseLost, RunCancelled, RunTimeLimit
+from worker.finish import LeaseLost, RunCancelled, Stop
 from worker.monitor import RunMonitor
 from worker.progress import Goal, PhaseClock, previous_phase_seconds
 
@@ -278,16 +278,8 @@ def _run(batch: Batch, settings: Any, t: Timings, owner: str, inputs: _Inputs, r
                 resume_state=inputs.resume_state, device=device, model_meta=model_meta,
                 remember_holdout=inputs.remember_holdout,
                 cache_dir=Path(settings.var_dir) / "cache",  # the feature space, once per model
-                precision=precision,
+                precision=precision, stop=monitor.token,
             )
-    except LeaseLost:
-        raise
-    except RunCancelled as stop:
-        finish.cancel(batch, settings, t, stop.job_ids)
-        return
-    except RunTimeLimit as stop:
-        finish.fail(batch, settings, t, str(stop))
-        return
     except RequestProblem as exc:  # one request's images: it fails alone, the others run again without it
         finish.fail_alone(batch, settings, t, exc.key, f"Its images could not be used: {exc}")
         return
@@ -300,6 +292,9 @@ def _run(batch: Batch, settings: Any, t: Timings, owner: str, inputs: _Inputs, r
     except Exception as exc:
         finish.retry_or_fail(batch, settings, t, exc)
         return
+    if monitor.stop is not None:  # asked after the loop ended too: what the run wrote is not kept
+        _stopped(batch, settings, t, monitor.stop)
+        return
     if not result.criterion_met:
         first = inputs.jobs[0]  # a run is either forget requests or one rebalance
         message = finish.criterion_message(result, inputs.config, first.kind,
@@ -307,6 +302,15 @@ def _run(batch: Batch, settings: Any, t: Timings, owner: str, inputs: _Inputs, r
         finish.fail(batch, settings, t, message, result=result)
         return
     finish.succeed(batch, settings, t, owner, result, out, new_revision)
+
+
+def _stopped(batch: Batch, settings: Any, t: Timings, stop: Stop) -> None:
+    if isinstance(stop, LeaseLost):
+        raise stop  # another worker holds the model now: write nothing (worker.runner)
+    if isinstance(stop, RunCancelled):
+        finish.cancel(batch, settings, t, stop.job_ids)
+    else:
+        finish.fail(batch, settings, t, str(stop))
 
 
 def _remember_meta(fetched: remember_sets.Fetched, new: revisions.NewRevision | None,

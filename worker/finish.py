@@ -13,6 +13,7 @@ happens. Only after that commit are the superseded remember-set objects deleted 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +35,25 @@ class LeaseLost(RuntimeError):
     """Another worker took the model over (we were presumed dead): stop, write nothing."""
 
 
-class RunCancelled(Exception):
-    def __init__(self, job_ids: list[str]):
-        super().__init__(f"cancelled: {job_ids}")
-        self.job_ids = job_ids
+@dataclass(frozen=True)
+class RunCancelled:
+    """Why a run was stopped: its owners cancelled these jobs."""
+
+    job_ids: list[str]
 
 
-class RunTimeLimit(Exception):
-    def __init__(self, seconds: float):
-        super().__init__(f"The run took longer than the time limit of {seconds:.0f} s and was stopped; "
-                         "the model was not changed.")
+@dataclass(frozen=True)
+class RunTimeLimit:
+    """Why a run was stopped: it ran past the job time limit."""
+
+    seconds: float
+
+    def __str__(self) -> str:
+        return (f"The run took longer than the time limit of {self.seconds:.0f} s and was stopped; "
+                "the model was not changed.")
+
+
+Stop = LeaseLost | RunCancelled | RunTimeLimit  # what RunMonitor.stop records when it sets the run's StopToken
 
 
 def _actor() -> str:

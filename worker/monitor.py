@@ -25,9 +25,10 @@ from app.db import session_scope
 from app.models import Job
 from app.storage import Storage
 from app.sweeper import Timings, utcnow
+from taming.stop import StopToken
 from worker import lease
 from worker.batch import Batch
-from worker.finish import LeaseLost, RunCancelled, RunTimeLimit
+from worker.finish import LeaseLost, RunCancelled, RunTimeLimit, Stop
 from worker.progress import Goal, PhaseClock, Trend, taming_eta
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,8 @@ class RunMonitor:
         self.last_write_iteration: int | None = None
         self.last_write_time = 0.0
         self.last_state_iteration = resumed_from
+        self.token = StopToken()  # handed to the library: set to end the run at its next iteration
+        self.stop: Stop | None = None  # why the token was set
         self.lease_lost = threading.Event()
         self.writing = threading.Lock()  # the heartbeat must not overwrite a newer phase with an older one
         self.done = threading.Event()
@@ -68,9 +71,9 @@ class RunMonitor:
 
     def on_step(self, info: Any) -> None:
         if self.lease_lost.is_set():
-            raise LeaseLost(self.batch.model_id)
+            return self._ask(LeaseLost(self.batch.model_id))
         if time.monotonic() - self.started > self.t.job_time_limit_seconds:
-            raise RunTimeLimit(self.t.job_time_limit_seconds)
+            return self._ask(RunTimeLimit(self.t.job_time_limit_seconds))
         iteration = int(info.iteration)
         if self.goal is not None:
             self.trend.add(iteration, _num(getattr(info, self.goal.quantity, None)), float(info.elapsed))
@@ -115,7 +118,7 @@ class RunMonitor:
         with self.writing, session_scope(self.settings) as session:
             if not lease.renew(session, self.batch.model_id, self.owner, self.t.lease_seconds, utcnow()):
                 self.lease_lost.set()
-                raise LeaseLost(self.batch.model_id)
+                return self._ask(LeaseLost(self.batch.model_id))
             session.execute(
                 update(Job)
                 .where(Job.run_id == self.batch.run_id, Job.state == "running")
@@ -126,7 +129,13 @@ class RunMonitor:
                 session.scalars(select(Job.id).where(Job.run_id == self.batch.run_id, Job.cancel_requested.is_(True)))
             )
         if cancelled:
-            raise RunCancelled(cancelled)
+            self._ask(RunCancelled(cancelled))
+
+    def _ask(self, reason: Stop) -> None:
+        """Stop the run at its next iteration; the first reason is the one the run ends with."""
+        if self.stop is None:
+            self.stop = reason
+        self.token.request()
 
     # -- the heartbeat thread
     def _beat(self) -> None:
@@ -138,6 +147,7 @@ class RunMonitor:
                 with self.writing, session_scope(self.settings) as session:
                     if not lease.renew(session, self.batch.model_id, self.owner, self.t.lease_seconds, utcnow()):
                         self.lease_lost.set()
+                        self._ask(LeaseLost(self.batch.model_id))
                         return
                     # outside the taming loop nothing else writes: refresh the phase's seconds and ETA
                     fresh = {} if self.clock.phase == "taming" else {"progress": self.progress()}

@@ -27,7 +27,8 @@ FAIL_SEED = 666  # a TameConfig with this seed ends with criterion_met=False
 def run_requests(base_checkpoint: Path, remember: Any, requests: list[Any], config: Any, out_checkpoint: Path, *,
                  rebalance: Any = None, on_step: Any = None, resume_state: dict[str, Any] | None = None,
                  device: str = "cpu", model_meta: dict[str, Any] | None = None, remember_holdout: Any = None,
-                 cache_dir: Path | None = None, on_phase: Any = None, precision: Any = None) -> PipelineResult:
+                 cache_dir: Path | None = None, on_phase: Any = None, precision: Any = None,
+                 stop: Any = None) -> PipelineResult:
     phase = on_phase or (lambda _name: None)
     start = int(resume_state["iteration"]) if resume_state else 0
     RUNS.append({"keys": [r.key for r in requests], "start": start, "meta": [r.meta for r in requests],
@@ -37,6 +38,8 @@ def run_requests(base_checkpoint: Path, remember: Any, requests: list[Any], conf
     for name in ("loading", "features", "taming"):
         phase(name)
     for it in range(start + 1, total + 1):
+        if stop is not None and stop.requested:  # as taming.tame: before the next iteration
+            return PipelineResult("", False, it - 1, {}, {}, stopped=True)
         time.sleep(STEP_SECONDS)
         if on_step is not None:
             elapsed = time.monotonic() - began
