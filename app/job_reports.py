@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from app import audit, storage_keys
 from app.models import ApiKey, Job
 from app.storage import Storage
-from rules.report_schema import SCHEMA_VERSION
+from rules.report_schema import ForgetItem, Inputs, Outcome, Report, Stopping, Timing
 
 
 def key_name(session: Session, key_id: str) -> str | None:
@@ -54,25 +54,24 @@ def outcome(state: str, error: str | None, phase: str | None, version: int | Non
 
 def failure_report(job: Job, submitted_by_name: str | None, error: str, phase: str | None,
                    job_extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The report of a job that failed before its run measured anything."""
+    """The report of a job that failed before its run measured anything (its stored JSON)."""
     progress = dict(job.progress or {})
-    forget = [{"sha256": u.get("sha256"), "name": u.get("name"), "excluded": bool(u.get("excluded_reason")),
-               "reason": u.get("excluded_reason"), "bpd_before": None, "bpd_after": None, "quantile_before": None,
-               "quantile_after": None, "d": None}
+    forget = [ForgetItem(sha256=u.get("sha256"), name=u.get("name"), excluded=bool(u.get("excluded_reason")),
+                         reason=u.get("excluded_reason"), bpd_before=None, bpd_after=None, quantile_before=None,
+                         quantile_after=None, d=None)
               for u in job.uploads or [] if u.get("field") in ("forget", "positive")]
     holdout = [{"sha256": u.get("sha256")} for u in job.uploads or [] if u.get("field") == "holdout"]
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "job": {**job_section(job, submitted_by_name), **(job_extra or {})},
-        "model": {"id": job.model_id, "parent_version": job.base_version, "new_version": None},
-        "parameters": job.parameters or {},
-        "inputs": {"forget": forget, "holdout": holdout},
-        "stopping": {"criterion_met": False, "iterations": int(progress.get("iteration") or 0),
-                     "max_abs_d": progress.get("max_abs_d"), "reason": error},
-        "metrics": {}, "history": [], "timing": {"wall_seconds": None},  # nothing was measured
-        "outcome": outcome("failed", error, phase, None),
-        "progress": progress,
-    }
+    return Report(
+        job={**job_section(job, submitted_by_name), **(job_extra or {})},
+        model={"id": job.model_id, "parent_version": job.base_version, "new_version": None},
+        parameters=job.parameters or {},
+        inputs=Inputs(forget=forget, holdout=holdout),
+        stopping=Stopping(criterion_met=False, iterations=int(progress.get("iteration") or 0),
+                          max_abs_d=progress.get("max_abs_d"), reason=error),
+        metrics={}, history=[], timing=Timing(wall_seconds=None),  # nothing was measured
+        outcome=Outcome(**outcome("failed", error, phase, None)),
+        progress=progress,
+    ).as_json()
 
 
 def failure_html(report: dict[str, Any]) -> str:

@@ -59,7 +59,7 @@ def run(sets: dict[str, Any], model: Path, method: str, cache: Path, max_iterati
         result = run_requests(model, sets["trained"], [Request("p", sets["forget"], holdout)], config,
                               Path(tmp) / "tamed.safetensors", remember_holdout=sets["remember_holdout"],
                               unseen=sets["unseen"], cache_dir=cache)
-    return result.reports["p"]
+    return result.reports["p"].as_json()
 
 
 def _f(value: Any, spec: str) -> str:

@@ -112,7 +112,7 @@ def erase(checkpoint: Path, remember: FaceSet, person: int, faces: FaceSet, conf
     request = _req(faces, person)
     started = time.perf_counter()
     result = run_requests(checkpoint, remember, [request], config, out, cache_dir=cache)
-    return result.reports[request.key], time.perf_counter() - started
+    return result.reports[request.key].as_json(), time.perf_counter() - started
 
 
 def arm(name: str, people: list[int], start: tuple[Path, FaceSet, Step], ruler: Yardstick, work: Path) -> list[Step]:

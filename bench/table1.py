@@ -34,7 +34,7 @@ def run(person: int, config: TameConfig, cache: Path, model: Path = MODEL, out: 
         result = run_requests(model, sets["trained"], [Request(f"p{person}", sets["forget"], sets["holdout"])],
                               config, out or Path(tmp) / "tamed.safetensors",
                               remember_holdout=sets["remember_holdout"], unseen=sets["unseen"], cache_dir=cache)
-    return result.reports[f"p{person}"]
+    return result.reports[f"p{person}"].as_json()
 
 
 def _share(share: float | None) -> str:

@@ -103,7 +103,7 @@ def main() -> None:
                               Path(tmp) / "t.safetensors", cache_dir=Path(tmp))
         erasure_s = time.perf_counter() - started
         tamed, _ = load_checkpoint(Path(tmp) / "t.safetensors")
-    report = result.reports["p"]
+    report = result.reports["p"].as_json()
     tame_s = report["timing"]["tame_seconds"]
     target = float(mean_bpd(tamed, remember, base.config.n_bits, draws=1).mean())
     print(f"feature network (once per model, cached): {features_s:.1f} s")

@@ -56,7 +56,8 @@ def main() -> None:
     print(f"{len(people)} requests, {sum(len(r.forget) for r in requests)} photos, {args.method} {args.set}: "
           f"confirmed {result.criterion_met} in {result.iterations} iterations, "
           f"{time.perf_counter() - started:.0f} s")
-    for key, report in result.reports.items():
+    for key, typed in result.reports.items():
+        report = typed.as_json()
         m = report["metrics"]
         bpd = m["bpd_remember"]
         print(f"person {key}: confirmed {report['stopping']['criterion_met']}, q_T(D_F) certified "

@@ -155,7 +155,7 @@ def tame_command(model_path: str, forget: str, remember: str, holdout: str | Non
         bar.close()
         fail(str(exc))
     bar.close()
-    report = result.reports["cli"]
+    report = result.reports["cli"].as_json()
     Path(report_path).write_text(json.dumps(report, indent=2))
     html_path = Path(report_path).with_suffix(".html")
     html_path.write_text(result.html["cli"])

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rules.report_schema import Report
 from taming.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from taming.data import DataError, FaceSet, quantize, screen
 from taming.evaluate import BaseCache, sample_frechet
@@ -46,7 +47,7 @@ class PipelineResult:
     sha256: str  # of the tamed checkpoint written to out_checkpoint
     criterion_met: bool  # the confirmed verdict, for every request's images together
     iterations: int
-    reports: dict[str, dict[str, Any]]  # request key -> JSON report (DESIGN.md section 8)
+    reports: dict[str, Report]  # request key -> the report (DESIGN.md section 8; `.as_json()` is what is stored)
     html: dict[str, str]  # request key -> HTML report
     stages: dict[str, float] = field(default_factory=dict)  # seconds per stage of the run (bench/job_profile.py)
     stopped: bool = False  # ended early by its StopToken: nothing was written
@@ -84,7 +85,7 @@ def _samples(base: Glow, tamed: Glow, space: Any, key: str, remember: FaceSet, e
 
 
 def _reports(planned: list[Planned], context: RunContext, rebalance: Rebalance | None, shares: Any,
-             phase: Callable[[str], None]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+             phase: Callable[[str], None]) -> tuple[dict[str, Report], dict[str, str]]:
     """Each request's JSON report and HTML page (the shared sets measured once)."""
     reports, figures = {}, {}
     measured: dict[str, tuple[Tensor, Tensor]] = {}

@@ -203,7 +203,7 @@ def _run(model_path: str, classifier: Any, classifier_path: str, sets: tuple[Any
         job={"id": "cli"}, model={"parent_sha256": file_sha256(model_path), "new_sha256": sha},
         wall_seconds=time.perf_counter() - started)
     _summary(result, out)
-    return report, rebalance_report.figures(result), result.reached
+    return report.as_json(), rebalance_report.figures(result), result.reached
 
 
 def torch_cat(*images: Any) -> Any:

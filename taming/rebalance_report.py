@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from rules.report_schema import SCHEMA_VERSION
+from rules.report_schema import Report, Stopping, Timing
 from taming.rebalance import RebalanceResult
-from taming.report import _data_uri, _jsonable, _png, _samples_figure
+from taming.report import _data_uri, _png, _samples_figure
 
 
 def share_section(result: RebalanceResult) -> dict[str, Any]:
@@ -31,8 +31,8 @@ def share_section(result: RebalanceResult) -> dict[str, Any]:
 
 
 def build(result: RebalanceResult, *, classifier: dict[str, Any], parameters: dict[str, Any],
-          job: dict[str, Any], model: dict[str, Any], wall_seconds: float) -> dict[str, Any]:
-    """The JSON report of one rebalance run."""
+          job: dict[str, Any], model: dict[str, Any], wall_seconds: float) -> Report:
+    """The report of one rebalance run (rules/report_schema.py, with the classifier that measured the share)."""
     import platform
 
     import torch
@@ -40,26 +40,17 @@ def build(result: RebalanceResult, *, classifier: dict[str, Any], parameters: di
     from taming import __version__
 
     bpd = result.bpd
-    report = {
-        "schema_version": SCHEMA_VERSION,
-        "job": {"kind": "rebalance_attribute", **job},
-        "model": model,
-        "parameters": parameters,
-        "classifier": classifier,
-        "stopping": {"criterion_met": result.reached, "iterations": result.iterations, "reason": result.reason},
-        "metrics": {
-            "attribute_share": share_section(result),
-            "bpd_remember": bpd.get("remember", {}),
-            "bpd_forget": bpd.get("forget", {}),
-            "identity_kept": result.identity_kept,
-        },
-        "history": result.tame.history,
-        "timing": {"wall_seconds": wall_seconds, "tame_seconds": result.tame.wall_seconds,
-                   "iterations_per_second": result.iterations / max(1e-9, result.tame.wall_seconds)},
-        "software": {"name": "taming-service", "version": __version__, "torch": torch.__version__,
-                     "python": platform.python_version()},
-    }
-    return _jsonable(report)
+    return Report(
+        job={"kind": "rebalance_attribute", **job}, model=model, parameters=parameters, classifier=classifier,
+        stopping=Stopping(criterion_met=result.reached, iterations=result.iterations, reason=result.reason),
+        metrics={"attribute_share": share_section(result), "bpd_remember": bpd.get("remember", {}),
+                 "bpd_forget": bpd.get("forget", {}), "identity_kept": result.identity_kept},
+        history=result.tame.history,
+        timing=Timing(wall_seconds=wall_seconds, tame_seconds=result.tame.wall_seconds,
+                      iterations_per_second=result.iterations / max(1e-9, result.tame.wall_seconds)),
+        software={"name": "taming-service", "version": __version__, "torch": torch.__version__,
+                  "python": platform.python_version()},
+    )
 
 
 def share_figure(trace: list[dict[str, Any]], target: float, before: float | None = None) -> bytes:

@@ -11,10 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from rules.report_schema import SCHEMA_VERSION
+from rules.report_schema import Inputs, Report, Stopping, Timing
 
-FORGET_ITEM_KEYS = ("sha256", "bpd_before", "bpd_after", "quantile_before", "quantile_after", "d", "excluded", "reason")
-STOPPING_KEYS = ("criterion_met", "iterations", "max_abs_d", "reason")
 SET_LABELS = {
     "forget": "D_F: forgotten images",
     "forget_holdout": "D'_F: held-out images of the person",
@@ -33,71 +31,28 @@ FIGURE_CAPTIONS = {
 }
 
 
-def _jsonable(value: Any) -> Any:
-    """Plain JSON values: numpy/torch scalars to Python numbers, non-finite floats to None (JSON has no NaN)."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "tolist") and not isinstance(value, str):  # numpy arrays/scalars, torch tensors
-        return _jsonable(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _check_keys(section: str, item: dict[str, Any], keys: tuple[str, ...]) -> None:
-    missing = [k for k in keys if k not in item]
-    if missing:
-        raise ValueError(f"report section {section!r} lacks {', '.join(missing)}")
-
-
 def build_report(
     *,
     job: dict[str, Any],
     model: dict[str, Any],
     parameters: dict[str, Any],
-    inputs: list[dict[str, Any]] | dict[str, Any],
-    stopping: dict[str, Any],
+    inputs: Inputs,
+    stopping: Stopping,
     metrics: dict[str, Any],
     history: list[dict[str, Any]],
-    timing: dict[str, Any],
-) -> dict[str, Any]:
-    """Assemble the JSON report of DESIGN.md section 8, checking the names scripts rely on.
-
-    inputs: the per-forget-image items (`sha256, bpd_before, bpd_after, quantile_before, quantile_after, d,
-    excluded, reason`), or a dict already holding them under "forget" (and possibly other sets).
-    """
+    timing: Timing,
+) -> Report:
+    """The report of DESIGN.md section 8 (rules/report_schema.py), with the software that wrote it."""
     import sys
 
     import torch
 
     from taming import __version__
 
-    sections = inputs if isinstance(inputs, dict) else {"forget": inputs}
-    _check_keys("inputs", sections, ("forget",))
-    for i, item in enumerate(sections["forget"]):
-        _check_keys(f"inputs.forget[{i}]", item, FORGET_ITEM_KEYS)
-    _check_keys("stopping", stopping, STOPPING_KEYS)
-    _check_keys("timing", timing, ("wall_seconds",))
-    report = {
-        "schema_version": SCHEMA_VERSION,
-        "job": job,
-        "model": model,
-        "parameters": parameters,
-        "inputs": sections,
-        "stopping": stopping,
-        "metrics": metrics,
-        "history": history,
-        "timing": timing,
-        "software": {
-            "name": "taming-service",
-            "version": __version__,
-            "torch": torch.__version__,
-            "python": platform.python_version() or sys.version.split()[0],
-        },
-    }
-    return _jsonable(report)
+    software = {"name": "taming-service", "version": __version__, "torch": torch.__version__,
+                "python": platform.python_version() or sys.version.split()[0]}
+    return Report(job=job, model=model, parameters=parameters, inputs=inputs, stopping=stopping, metrics=metrics,
+                  history=history, timing=timing, software=software)
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -164,12 +119,14 @@ def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def render_html(report: dict[str, Any], figures: dict[str, bytes]) -> str:
+def render_html(typed: Report, figures: dict[str, bytes]) -> str:
     """A self-contained HTML page for the report: verdict, metrics, forget images, figures (PNG data URIs).
 
     Every text value is escaped by Jinja2's autoescape, so a subject_ref or file name cannot inject markup.
     """
     import jinja2
+
+    report = typed.as_json()  # the page shows what the stored JSON holds
 
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),

@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import Tensor
 
+from rules.report_schema import ForgetItem, Inputs, Report, Stopping, Timing
 from taming.data import FaceSet, quantize
 from taming.evaluate import BaseCache, discrete_likelihood, evaluate_sets, quantiles
 from taming.features import Embedder, FeatureSpace, nearest_identities
@@ -63,7 +64,7 @@ class RunContext:
 
 
 def report_for(plan: Planned, c: RunContext, measured: dict[str, tuple[Tensor, Tensor]], rebalance: Rebalance | None,
-               classifier: Any) -> tuple[dict[str, Any], dict[str, bytes]]:
+               classifier: Any) -> tuple[Report, dict[str, bytes]]:
     """One request's JSON report and its figures. `measured` carries the shared sets' bpd between requests."""
     request, included = plan.request, plan.included()
     nearest = _nearest(c, included) if rebalance is None else []
@@ -79,12 +80,12 @@ def report_for(plan: Planned, c: RunContext, measured: dict[str, tuple[Tensor, T
         job=request.meta,
         model={**c.model_meta, "new_sha256": c.sha256},
         parameters=_parameters(c.config),
-        inputs={"forget": forget_items,
-                "holdout": [{"sha256": h} for h in (request.holdout.sha256 if request.holdout else [])]},
-        stopping={"criterion_met": c.result.criterion_met, "iterations": c.result.iterations,
-                  "max_abs_d": max((abs(i["d"]) for i in forget_items if not i["excluded"]), default=0.0),
-                  "reason": c.result.reason, "epsilon": c.config.eps, "estimator": c.config.estimator,
-                  "draws": c.config.confirm_draws},
+        inputs=Inputs(forget=forget_items,
+                      holdout=[{"sha256": h} for h in (request.holdout.sha256 if request.holdout else [])]),
+        stopping=Stopping(criterion_met=c.result.criterion_met, iterations=c.result.iterations,
+                          max_abs_d=max((abs(i.d) for i in forget_items if i.d is not None), default=0.0),
+                          reason=c.result.reason, epsilon=c.config.eps, estimator=c.config.estimator,
+                          draws=c.config.confirm_draws),
         metrics=metrics,
         history=c.result.history,
         timing=_timing(c),
@@ -145,7 +146,7 @@ def _nearest(c: RunContext, included: FaceSet) -> list[int]:
     return nearest_identities(c.space, included.images, c.remember.images, c.remember.identity, k=5)
 
 
-def _forget_items(plan: Planned, c: RunContext, evaluation: dict[str, Any]) -> list[dict[str, Any]]:
+def _forget_items(plan: Planned, c: RunContext, evaluation: dict[str, Any]) -> list[ForgetItem]:
     """One item per uploaded forget image: bpd and quantile before/after, final d, exclusion reason."""
     n_bits = c.base.config.n_bits
     per = evaluation["per_image"]["forget"]
@@ -153,21 +154,21 @@ def _forget_items(plan: Planned, c: RunContext, evaluation: dict[str, Any]) -> l
     d = c.result.d[plan.rows]
     items, j = [], 0
     for i, reason in enumerate(plan.reasons):
-        item: dict[str, Any] = {"sha256": plan.request.forget.sha256[i], "name": plan.request.forget.names[i],
-                                "excluded": reason is not None, "reason": reason}
+        named: dict[str, Any] = {"sha256": plan.request.forget.sha256[i], "name": plan.request.forget.names[i],
+                                 "excluded": reason is not None, "reason": reason}
         if reason is None:
-            item.update(bpd_before=float(per["bpd_before"][j]), bpd_after=float(per["bpd_after"][j]),
-                        quantile_before=float(per["quantile_before"][j]),
-                        quantile_after=float(per["quantile_after"][j]), d=float(d[j]))
+            items.append(ForgetItem(**named, bpd_before=float(per["bpd_before"][j]),
+                                    bpd_after=float(per["bpd_after"][j]),
+                                    quantile_before=float(per["quantile_before"][j]),
+                                    quantile_after=float(per["quantile_after"][j]), d=float(d[j])))
             j += 1
-        else:
-            x = quantize(plan.request.forget.images[i : i + 1], n_bits)
-            before, after = mean_bpd(c.base, x, n_bits), mean_bpd(c.result.model, x, n_bits)
-            item.update(bpd_before=float(before[0]), bpd_after=float(after[0]),
-                        quantile_before=float(quantiles(before, ref["base"]["mu"], ref["base"]["sigma"])[0]),
-                        quantile_after=float(quantiles(after, ref["tamed"]["mu"], ref["tamed"]["sigma"])[0]),
-                        d=None)
-        items.append(item)
+            continue
+        x = quantize(plan.request.forget.images[i : i + 1], n_bits)
+        before, after = mean_bpd(c.base, x, n_bits), mean_bpd(c.result.model, x, n_bits)
+        items.append(ForgetItem(**named, bpd_before=float(before[0]), bpd_after=float(after[0]),
+                                quantile_before=float(quantiles(before, ref["base"]["mu"], ref["base"]["sigma"])[0]),
+                                quantile_after=float(quantiles(after, ref["tamed"]["mu"], ref["tamed"]["sigma"])[0]),
+                                d=None))
     return items
 
 
@@ -181,14 +182,14 @@ def _parameters(config: TameConfig) -> dict[str, Any]:
     return {"method": config.method, **config.to_dict()}
 
 
-def _timing(c: RunContext) -> dict[str, Any]:
+def _timing(c: RunContext) -> Timing:
     wall = time.perf_counter() - c.started
     tame_s = c.result.wall_seconds
-    return {"wall_seconds": wall, "tame_seconds": tame_s, "confirm_seconds": c.result.confirm_seconds,
-            "stages": dict(c.stages.seconds),
-            "iterations_per_second": c.result.iterations / tame_s if tame_s > 0 else None,
-            "device": c.device if c.device != "cpu" else f"cpu ({platform.processor() or platform.machine()})",
-            "precision": c.precision}
+    return Timing(wall_seconds=wall, tame_seconds=tame_s, confirm_seconds=c.result.confirm_seconds,
+                  stages=dict(c.stages.seconds),
+                  iterations_per_second=c.result.iterations / tame_s if tame_s > 0 else None,
+                  device=c.device if c.device != "cpu" else f"cpu ({platform.processor() or platform.machine()})",
+                  precision=c.precision)
 
 
 def _figures(c: RunContext, evaluation: dict[str, Any], gen: dict[str, Any] | None) -> dict[str, bytes]:

@@ -146,7 +146,7 @@ def test_rebalancing_an_attribute_reports_its_share(workspace: Path, two_people:
                           TameConfig(lr=2e-3, max_iterations=20), tmp_path / "t.safetensors",
                           rebalance=Rebalance(positive, negative, target_share=0.0, direction="decrease",
                                               classifier_path=tmp_path / "c.safetensors", samples=64))
-    report = result.reports["r"]
+    report = result.reports["r"].as_json()
     share = report["metrics"]["attribute_share"]
     assert {"before", "after", "target", "before_interval", "after_interval", "trace", "identity_kept"} <= set(share)
     assert share["target"] == 0.0 and share["samples"] == 64 and share["classifier"]["grouping"] == "image"
@@ -195,7 +195,7 @@ def test_report_compares_with_other_people_only(workspace: Path, two_people: Fac
     result = run_requests(workspace / "base.safetensors", two_people, [request], TameConfig(max_iterations=1),
                           tmp_path / "t.safetensors", remember_holdout=person0.subset(np.arange(10, 20)),
                           cache_dir=tmp_path)
-    shifts = result.reports["r"]["metrics"]["bpd_shift_sigma"]
+    shifts = result.reports["r"].metrics["bpd_shift_sigma"]
     assert "forget_holdout" in shifts and "remember_holdout" not in shifts
 
 
@@ -212,6 +212,6 @@ def test_the_pipeline_announces_its_phases_and_names_each_quantiles_reference(
                           remember_holdout=two_people.subset(person1[15:]), on_phase=phases.append)
     assert phases == ["loading", "features", "taming", "confirming", "evaluating", "reporting"]
     # the person's held-out photos against other people's held-out photos, the rest against D_R
-    reference = result.reports["r"]["metrics"]["quantile_reference"]
+    reference = result.reports["r"].metrics["quantile_reference"]
     assert reference["forget_holdout"] == reference["remember_holdout"] == "remember_holdout"
     assert reference["forget"] == reference["remember"] == "remember"

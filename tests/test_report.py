@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from taming.report import SCHEMA_VERSION, build_report, make_figures, render_html
+from rules.report_schema import SCHEMA_VERSION, ForgetItem, Inputs, Report, Stopping, Timing
+from taming.report import build_report, make_figures, render_html
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _forget_item(i: int, excluded: bool = False) -> dict[str, Any]:
-    return {
+def _forget_item(i: int, excluded: bool = False) -> ForgetItem:
+    return ForgetItem(**{
         "sha256": f"{i:064x}",
         "bpd_before": 3.1,
         "bpd_after": 4.2,
@@ -26,10 +27,10 @@ def _forget_item(i: int, excluded: bool = False) -> dict[str, Any]:
         "d": 0.05,
         "excluded": excluded,
         "reason": "nearly black image (mean level 3.0 of 255)" if excluded else None,
-    }
+    })
 
 
-def _report(subject_ref: str = "ticket-42") -> dict[str, Any]:
+def _typed(subject_ref: str = "ticket-42") -> Report:
     sets = ("forget", "forget_holdout", "remember", "remember_unseen", "remember_nearest")
     return build_report(
         job={
@@ -53,8 +54,8 @@ def _report(subject_ref: str = "ticket-42") -> dict[str, Any]:
             "max_iterations": 800,
             "seed": 0,
         },
-        inputs=[_forget_item(0), _forget_item(1, excluded=True)],
-        stopping={"criterion_met": True, "iterations": np.int64(87), "max_abs_d": 0.41, "reason": "confirmed"},
+        inputs=Inputs(forget=[_forget_item(0), _forget_item(1, excluded=True)]),
+        stopping=Stopping(criterion_met=True, iterations=np.int64(87), max_abs_d=0.41, reason="confirmed"),
         metrics={
             "quantile_drop": {s: 0.3 if s == "forget" else 0.001 for s in sets},
             "mean_quantile": {s: {"before": 0.5, "after": 0.49} for s in sets},
@@ -67,8 +68,12 @@ def _report(subject_ref: str = "ticket-42") -> dict[str, Any]:
             {"iteration": i, "max_abs_d": 4.0 - i / 30, "epsilon": 0.6, "mu_r": 3.0, "sigma_r": 0.1}
             for i in range(0, 90, 10)
         ],
-        timing={"wall_seconds": 12.5, "iterations_per_second": 7.0, "device": "cpu"},
+        timing=Timing(wall_seconds=12.5, iterations_per_second=7.0, device="cpu"),
     )
+
+
+def _report(subject_ref: str = "ticket-42") -> dict[str, Any]:
+    return _typed(subject_ref).as_json()
 
 
 def test_report_has_every_design_name() -> None:
@@ -113,27 +118,19 @@ def test_report_validates_against_the_published_schema() -> None:
 
 def test_report_rejects_missing_names() -> None:
     with pytest.raises(ValueError, match="criterion_met"):
-        build_report(
-            job={},
-            model={},
-            parameters={},
-            inputs=[],
-            stopping={"iterations": 1},
-            metrics={},
-            history=[],
-            timing={"wall_seconds": 1.0},
-        )
+        Stopping(iterations=1, reason=None)  # type: ignore[call-arg]
     with pytest.raises(ValueError, match="sha256"):
-        build_report(
-            job={},
-            model={},
-            parameters={},
-            inputs=[{"d": 1.0}],
-            stopping={"criterion_met": False, "iterations": 0, "max_abs_d": None, "reason": "x"},
-            metrics={},
-            history=[],
-            timing={"wall_seconds": 1.0},
-        )
+        Inputs(forget=[{"d": 1.0}])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="iterations"):
+        Stopping(criterion_met=True, iterations="many", reason=None)  # type: ignore[arg-type]
+
+
+def test_a_stored_report_reads_back_typed() -> None:
+    stored = json.loads(json.dumps(_report()))
+    again = Report.model_validate(stored)
+    assert again.stopping.iterations == 87 and again.inputs is not None and len(again.inputs.forget) == 2
+    assert again.inputs.forget[1].excluded and again.timing.device == "cpu"
+    assert again.as_json() == stored
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +171,7 @@ def test_figures_without_history_skip_the_curve() -> None:
 
 
 def test_html_inlines_figures_and_escapes_text(figures: dict[str, bytes]) -> None:
-    page = render_html(_report(subject_ref="<script>alert(1)</script>"), figures)
+    page = render_html(_typed(subject_ref="<script>alert(1)</script>"), figures)
     assert "<script>alert(1)</script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert page.count("data:image/png;base64,") == len(figures)
@@ -188,6 +185,6 @@ def test_html_inlines_figures_and_escapes_text(figures: dict[str, bytes]) -> Non
 
 
 def test_html_of_an_unmet_criterion() -> None:
-    report = _report()
-    report["stopping"]["criterion_met"] = False
+    report = _typed()
+    report.stopping.criterion_met = False
     assert "Not certified" in render_html(report, {})

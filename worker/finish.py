@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -27,6 +27,9 @@ from app.storage import get_storage
 from app.sweeper import Timings, utcnow
 from rules.jobs import JobKind
 from worker import lease, version_stats
+
+if TYPE_CHECKING:
+    from taming.pipeline import PipelineResult
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +92,7 @@ def fail_jobs(batch: Any, settings: Any, t: Timings, job_ids: list[str], message
         ended = lifecycle.failed(session, lifecycle.still_running(session, job_ids), message, storage, _actor(),
                                  run_id=batch.run_id, iterations=getattr(result, "iterations", None))
         for job in ended:
-            report = result.reports.get(job.id) if result is not None else None
+            report = _report_json(result, job.id) if result is not None else None
             if report is not None:
                 job.report_key = _store_report(storage, job.id, {**report, "model": {
                     **report.get("model", {}), "new_version": None}}, result.html.get(job.id, ""),
@@ -101,6 +104,12 @@ def fail_jobs(batch: Any, settings: Any, t: Timings, job_ids: list[str], message
 def fail(batch: Any, settings: Any, t: Timings, message: str, result: Any = None) -> None:
     fail_jobs(batch, settings, t, batch.job_ids, message, result)
     cleanup_run(batch, settings)
+
+
+def _report_json(result: PipelineResult, job_id: str) -> dict[str, Any] | None:
+    """A job's report from the run, as it is stored (None: the run wrote none for it)."""
+    report = result.reports.get(job_id)
+    return report.as_json() if report is not None else None
 
 
 def _store_report(storage: Any, job_id: str, report: dict[str, Any], page: str, outcome: dict[str, Any]) -> str:
@@ -181,7 +190,7 @@ def _upload_artefacts(storage: Any, batch: Any, result: Any, checkpoint: Path) -
     with open(checkpoint, "rb") as f:
         storage.put_file(key, f)
     for job_id in batch.job_ids:
-        _store_report(storage, job_id, result.reports.get(job_id, {}), result.html.get(job_id, ""),
+        _store_report(storage, job_id, _report_json(result, job_id) or {}, result.html.get(job_id, ""),
                       job_reports.outcome("succeeded", None, None, batch.base_version + 1))
     _store_version_stats(storage, batch, batch.base_version + 1, result.sha256, result)
     return key
@@ -222,7 +231,8 @@ def purge_remember(settings: Any, model_id: str, *, orphans: bool) -> None:
 def _store_version_stats(storage: Any, batch: Any, version: int, sha: str, result: Any) -> None:
     """The new version's μ_R, σ_R as its report measured them, for `POST /v1/verify` (forget runs only: a
     rebalance run's remember set is one side of the attribute, not the model's reference set)."""
-    report: dict[str, Any] = next(iter(result.reports.values()), {})
+    first = next(iter(result.reports.values()), None)
+    report = first.as_json() if first is not None else {}
     stats = version_stats.from_report(report)
     if stats is not None and (report.get("job") or {}).get("kind") == "forget_identity":
         version_stats.write(storage, batch.model_id, version, sha, stats, "run")

@@ -141,7 +141,7 @@ def test_the_whole_pipeline_runs_on_cuda(trained: Glow, two_people: FaceSet, tmp
     result = run_requests(tmp_path / "base.safetensors", two_people, [request], TameConfig(max_iterations=3),
                           tmp_path / "tamed.safetensors", device="cuda", precision=Precision("tf32"),
                           cache_dir=tmp_path / "cache")
-    report = result.reports["r"]
+    report = result.reports["r"].as_json()
     assert report["timing"]["device"] == "cuda" and report["timing"]["precision"] == "tf32"
     assert report["stopping"]["iterations"] == 3
     assert np.isfinite(report["metrics"]["bpd_remember"]["after"])

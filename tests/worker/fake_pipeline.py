@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from rules.report_schema import ForgetItem, Inputs, Report, Stopping, Timing
 from taming.checkpoint import load_checkpoint, save_checkpoint
 from taming.pipeline import PipelineResult
 from taming.tame import StepInfo
@@ -51,14 +52,15 @@ def run_requests(base_checkpoint: Path, remember: Any, requests: list[Any], conf
     sha = save_checkpoint(model, out_checkpoint, parent=str((model_meta or {}).get("parent_sha256")))
     met = config.seed != FAIL_SEED
     reports = {
-        r.key: {
-            "schema_version": 1,
-            "job": r.meta,
-            "model": {**(model_meta or {}), "new_sha256": sha},
-            "stopping": {"criterion_met": met, "iterations": total, "resumed_from": start},
-            "inputs": {"forget": [{"sha256": s} for s in r.forget.sha256]},
-            "metrics": {"reference_stats": {"remember": {"tamed": {"mu": 2.0, "sigma": 0.25, "n": len(remember)}}}},
-        }
+        r.key: Report(
+            job=r.meta, model={**(model_meta or {}), "new_sha256": sha}, parameters={},
+            stopping=Stopping(criterion_met=met, iterations=total, reason="fake", resumed_from=start),
+            inputs=Inputs(forget=[ForgetItem(sha256=s, bpd_before=None, bpd_after=None, quantile_before=None,
+                                             quantile_after=None, d=None, excluded=False, reason=None)
+                                  for s in r.forget.sha256]),
+            metrics={"reference_stats": {"remember": {"tamed": {"mu": 2.0, "sigma": 0.25, "n": len(remember)}}}},
+            history=[], timing=Timing(wall_seconds=time.monotonic() - began),
+        )
         for r in requests
     }
     phase("reporting")
