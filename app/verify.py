@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import UploadFile
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from app import metrics, registry, revisions, uploads
@@ -30,6 +31,7 @@ from app.errors import ApiError
 from app.schemas import RememberStatsOut, VerifyImage, VerifyOut
 from app.settings import Settings, child_environment
 from app.storage import Storage
+from rules.verify_protocol import ImageRef, VerdictOut, VerifyAnswer, VerifyAsk
 
 log = logging.getLogger(__name__)
 STOP_GRACE_S = 5
@@ -167,27 +169,34 @@ def _verify(session: Session, storage: Storage, settings: Settings, verifier: Ve
             path = Path(tmp) / f"{item.index:04d}{item.info.ext}"
             item.upload.file.seek(0)
             path.write_bytes(item.upload.file.read())
-            items.append({"path": str(path), "name": item.name, "counted": item.info.excluded_reason is None})
-        request = {"model_id": model.id, "version": row.version, "sha256": row.sha256,
-                   "checkpoint_key": row.checkpoint_key,
-                   "remember_keys": revisions.live_keys(session, storage, model),
-                   "image_size": model.image_size, "channels": model.channels, "images": items,
-                   "delta": delta, "epsilon": epsilon}
-        answer = verifier.ask(request, settings.verify_timeout_seconds)
-    if not answer.get("ok"):
-        status = 422 if answer.get("code") in ("invalid_image", "no_images", "invalid_data") else 503
-        raise ApiError(status, str(answer.get("code") or "verify_failed"), str(answer.get("message") or ""))
-    return _shape(answer, model.id, row.version, row.sha256, incoming)
+            items.append(ImageRef(path=str(path), name=item.name, counted=item.info.excluded_reason is None))
+        request = VerifyAsk(model_id=model.id, version=row.version, sha256=row.sha256,
+                            checkpoint_key=row.checkpoint_key,
+                            remember_keys=revisions.live_keys(session, storage, model),
+                            image_size=model.image_size, channels=model.channels, images=items, delta=delta,
+                            epsilon=epsilon)
+        answer = _read(verifier.ask(request.model_dump(mode="json"), settings.verify_timeout_seconds))
+    if not answer.ok or answer.verdict is None:
+        status = 422 if answer.code in ("invalid_image", "no_images", "invalid_data") else 503
+        raise ApiError(status, answer.code or "verify_failed", answer.message or "")
+    return _shape(answer.verdict, answer, model.id, row.version, row.sha256, incoming)
 
 
-def _shape(answer: dict[str, Any], model_id: str, version: int, sha256: str,
+def _read(raw: dict[str, Any]) -> VerifyAnswer:
+    try:
+        return VerifyAnswer.model_validate(raw)
+    except ValidationError:
+        log.error("the verify process answered out of protocol: %.300s", raw)
+        raise ApiError(503, "verify_unavailable", "the verify process answered out of protocol") from None
+
+
+def _shape(verdict: VerdictOut, answer: VerifyAnswer, model_id: str, version: int, sha256: str,
            incoming: list[uploads.Incoming]) -> VerifyOut:
-    verdict = answer["verdict"]
-    images = [VerifyImage(**{**out, "name": item.name, "sha256": item.sha256,
+    images = [VerifyImage(**{**out.model_dump(), "name": item.name, "sha256": item.sha256,
                              "excluded_reason": item.info.excluded_reason})
-              for item, out in zip(incoming, verdict["images"], strict=True)]
-    remember = RememberStatsOut(**{**verdict["remember"], "source": answer["stats_source"]})
-    return VerifyOut(model_id=model_id, version=version, sha256=sha256, delta=verdict["delta"],
-                     epsilon=verdict["epsilon"], threshold=verdict["threshold"], remember=remember, images=images,
-                     reached=verdict["reached"], counted=verdict["counted"], summary=verdict["summary"],
-                     seconds=answer["seconds"])
+              for item, out in zip(incoming, verdict.images, strict=True)]
+    remember = RememberStatsOut(**{**verdict.remember.model_dump(), "source": answer.stats_source})
+    return VerifyOut(model_id=model_id, version=version, sha256=sha256, delta=verdict.delta,
+                     epsilon=verdict.epsilon, threshold=verdict.threshold, remember=remember, images=images,
+                     reached=verdict.reached, counted=verdict.counted, summary=verdict.summary,
+                     seconds=answer.seconds or 0.0)

@@ -7,10 +7,7 @@ else writes to stdout is sent to stderr, so that the channel stays clean). The f
 stay in memory, both keyed by the checkpoint's SHA-256; the statistics are also shared through the object
 store (worker/version_stats.py). It exits when stdin closes, i.e. when the API goes away.
 
-Request:  {"id", "model_id", "version", "sha256", "checkpoint_key", "remember_keys", "image_size",
-           "channels", "images": [{"path", "name", "counted"}], "delta", "epsilon"}
-Answer:   {"id", "ok": true, "verdict": taming.verify.Verdict as a dict, "stats_source", "seconds"}
-       or {"id", "ok": false, "code", "message"}
+Request: rules.verify_protocol.VerifyAsk; answer: VerifyAnswer (a verdict, or `ok: false` with a code and message).
 """
 
 from __future__ import annotations
@@ -23,14 +20,16 @@ import tempfile
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from pydantic import ValidationError
 
 from app.settings import Settings, get_settings
 from app.storage import get_storage
+from rules.verify_protocol import ImageRef, VerdictOut, VerifyAnswer, VerifyAsk
 from taming.checkpoint import CheckpointError, load_checkpoint
 from taming.data import DataError, FaceSet, load_faces, to_square
 from taming.glow import Glow
@@ -60,15 +59,15 @@ class VerifyService:
         self.models: OrderedDict[str, Glow] = OrderedDict()
         self.stats: dict[str, tuple[RememberStats, str]] = {}
 
-    def handle(self, req: dict[str, Any]) -> dict[str, Any]:
+    def handle(self, req: VerifyAsk) -> VerifyAnswer:
         started = time.perf_counter()
-        model = self.model(req["sha256"], req["checkpoint_key"])
+        model = self.model(req.sha256, req.checkpoint_key)
         stats, source = self.stats_for(req, model)
-        images, names, counted = _load_images(req["images"], model.config.img_size, model.config.in_channel)
-        verdict = check_images(model, images, names, stats, model.config.n_bits, delta=float(req["delta"]),
-                               epsilon=req.get("epsilon"), counted=counted)
-        return {"ok": True, "verdict": verdict.to_dict(), "stats_source": source,
-                "seconds": time.perf_counter() - started}
+        images, names, counted = _load_images(req.images, model.config.img_size, model.config.in_channel)
+        verdict = check_images(model, images, names, stats, model.config.n_bits, delta=req.delta,
+                               epsilon=req.epsilon, counted=counted)
+        return VerifyAnswer(id=req.id, ok=True, verdict=VerdictOut.model_validate(verdict.to_dict()),
+                            stats_source=source, seconds=time.perf_counter() - started)
 
     def model(self, sha256: str, checkpoint_key: str) -> Glow:
         if sha256 in self.models:
@@ -90,66 +89,74 @@ class VerifyService:
             self.models.popitem(last=False)
         return model
 
-    def stats_for(self, req: dict[str, Any], model: Glow) -> tuple[RememberStats, str]:
+    def stats_for(self, req: VerifyAsk, model: Glow) -> tuple[RememberStats, str]:
         """This version's μ_R, σ_R: from memory, else the object store, else computed once and stored."""
-        sha = req["sha256"]
+        sha = req.sha256
         if sha in self.stats:
             return self.stats[sha]
-        stored = version_stats.read(self.storage, req["model_id"], int(req["version"]), sha)
+        stored = version_stats.read(self.storage, req.model_id, req.version, sha)
         if stored is not None:
             found = RememberStats.from_dict(stored), str(stored.get("source", "run"))
         else:
             stats = remember_stats(model, self._remember(req).images, model.config.n_bits)
-            version_stats.write(self.storage, req["model_id"], int(req["version"]), sha, stats.to_dict(),
+            version_stats.write(self.storage, req.model_id, req.version, sha, stats.to_dict(),
                                 "reference_set")
             found = stats, "reference_set"
         self.stats[sha] = found
         return found
 
-    def _remember(self, req: dict[str, Any]) -> FaceSet:
+    def _remember(self, req: VerifyAsk) -> FaceSet:
         """The live remember-set revision's reference images (their keys come with the request)."""
         with tempfile.TemporaryDirectory(prefix="taming-verify-remember-") as tmp:
             folder = Path(tmp)
             paths = []
-            for i, key in enumerate(req["remember_keys"]):
+            for i, key in enumerate(req.remember_keys):
                 paths.append(folder / f"{i:06d}{Path(key).suffix.lower()}")
                 self.storage.download(key, paths[-1])
             source = paths[0] if len(paths) == 1 and paths[0].suffix == ".npz" else folder
-            return load_faces(source, int(req["image_size"]), int(req["channels"]))
+            return load_faces(source, req.image_size, req.channels)
 
 
-def _load_images(items: list[dict[str, Any]], size: int, channels: int) -> tuple[torch.Tensor, list[str], list[bool]]:
+def _load_images(items: list[ImageRef], size: int, channels: int) -> tuple[torch.Tensor, list[str], list[bool]]:
     arrays = []
     for item in items:
         try:
-            with Image.open(item["path"]) as img:
+            with Image.open(item.path) as img:
                 arrays.append(to_square(img, size, channels))
         except (UnidentifiedImageError, OSError, DataError) as exc:
-            raise RequestProblem("invalid_image", f"{item['name']}: {exc}") from None
+            raise RequestProblem("invalid_image", f"{item.name}: {exc}") from None
     if not arrays:
         raise RequestProblem("no_images", "no images to verify")
     images = torch.from_numpy(np.stack(arrays))
-    return images, [str(i["name"]) for i in items], [bool(i.get("counted", True)) for i in items]
+    return images, [i.name for i in items], [i.counted for i in items]
 
 
-def answer(service: VerifyService, line: str) -> dict[str, Any]:
+def answer(service: VerifyService, line: str) -> VerifyAnswer:
     """One request line -> one answer (never raises: the process must outlive a bad request)."""
     try:
-        req = json.loads(line)
-    except ValueError:
-        return {"id": None, "ok": False, "code": "bad_request", "message": "not a JSON line"}
-    ident = req.get("id") if isinstance(req, dict) else None
+        req = VerifyAsk.model_validate_json(line)
+    except ValidationError as exc:
+        return VerifyAnswer(id=_ident(line), ok=False, code="bad_request", message=f"not a verify request: {exc}")
     try:
-        return {"id": ident, **service.handle(req)}
+        return service.handle(req)
     except RequestProblem as exc:
-        return {"id": ident, "ok": False, "code": exc.code, "message": str(exc)}
+        return VerifyAnswer(id=req.id, ok=False, code=exc.code, message=str(exc))
     except (DataError, ValueError) as exc:
-        return {"id": ident, "ok": False, "code": "invalid_data", "message": str(exc)}
+        return VerifyAnswer(id=req.id, ok=False, code="invalid_data", message=str(exc))
     except KeyError as exc:
-        return {"id": ident, "ok": False, "code": "missing_object", "message": f"not in storage: {exc}"}
+        return VerifyAnswer(id=req.id, ok=False, code="missing_object", message=f"not in storage: {exc}")
     except Exception:
         log.exception("verify request failed")
-        return {"id": ident, "ok": False, "code": "verify_failed", "message": "the likelihood computation failed"}
+        return VerifyAnswer(id=req.id, ok=False, code="verify_failed", message="the likelihood computation failed")
+
+
+def _ident(line: str) -> int | None:
+    """The id of a request that failed validation, so that the API can still match the answer."""
+    try:
+        ident = json.loads(line).get("id")
+    except (ValueError, AttributeError):
+        return None
+    return ident if isinstance(ident, int) else None
 
 
 def serve(channel: TextIO, requests: TextIO, settings: Settings) -> None:
@@ -158,7 +165,7 @@ def serve(channel: TextIO, requests: TextIO, settings: Settings) -> None:
     channel.flush()
     for line in requests:
         if line.strip():
-            channel.write(json.dumps(answer(service, line)) + "\n")
+            channel.write(answer(service, line).model_dump_json() + "\n")
             channel.flush()
 
 

@@ -55,6 +55,7 @@ def _register(api: Api, m: dict[str, Any]) -> str:
 def test_verify_service_caches_statistics_per_version(settings: Settings, tiny_model: dict[str, Any],
                                                       tmp_path: Path) -> None:
     from app.storage import get_storage
+    from rules.verify_protocol import VerifyAsk
     from worker import version_stats
     from worker.verify_server import VerifyService
 
@@ -63,12 +64,12 @@ def test_verify_service_caches_statistics_per_version(settings: Settings, tiny_m
     keys = [f"remember/m/{p.name}" for p in sorted(tiny_model["remember"].iterdir())]
     for key, p in zip(keys, sorted(tiny_model["remember"].iterdir()), strict=True):
         storage.put_bytes(key, p.read_bytes())
-    request = {"model_id": "m", "version": 1, "sha256": tiny_model["sha256"],
+    request = VerifyAsk.model_validate({"model_id": "m", "version": 1, "sha256": tiny_model["sha256"],
                "checkpoint_key": "checkpoints/m/v1.safetensors", "remember_keys": keys,
                "image_size": SIZE, "channels": 1, "delta": 1.0, "epsilon": None,
                "images": [{"path": str(p), "name": p.name, "counted": True}
-                          for p in sorted(tiny_model["query"].iterdir())[:3]]}
-    first = VerifyService(settings).handle(request)
+                          for p in sorted(tiny_model["query"].iterdir())[:3]]})
+    first = VerifyService(settings).handle(request).model_dump()
     stored = version_stats.read(storage, "m", 1, tiny_model["sha256"])
     assert first["stats_source"] == "reference_set" and stored is not None and stored["n"] == 12
     verdict = first["verdict"]
@@ -80,7 +81,7 @@ def test_verify_service_caches_statistics_per_version(settings: Settings, tiny_m
 
     # A version whose job stored its statistics: a new process reads them instead of measuring again.
     version_stats.write(storage, "m", 1, tiny_model["sha256"], {**stored, "mu": stored["mu"] - 100}, "run")
-    again = VerifyService(settings).handle(request)
+    again = VerifyService(settings).handle(request).model_dump()
     assert again["stats_source"] == "run" and again["verdict"]["remember"]["mu"] == pytest.approx(stored["mu"] - 100)
     assert again["verdict"]["reached"] is True  # μ_R far below every image: all past the threshold
     # Statistics of another checkpoint under the same key are not trusted.
@@ -108,3 +109,14 @@ def test_verify_over_http_matches_the_command_line(api: Api, tiny_model: dict[st
     for mine, theirs in zip(local["images"], body["images"], strict=True):
         assert (mine["reached"], mine["counted"]) == (theirs["reached"], theirs["counted"])
         assert mine["d"] == pytest.approx(theirs["d"])
+
+
+def test_a_line_out_of_protocol_gets_a_typed_refusal_with_its_id(settings: Settings) -> None:
+    import json
+
+    from worker.verify_server import VerifyService, answer
+
+    out = answer(VerifyService(settings), json.dumps({"id": 7, "model_id": "m", "version": 1}))
+    assert out.id == 7 and not out.ok and out.code == "bad_request"
+    assert out.message is not None and "sha256" in out.message  # names what is missing
+    assert answer(VerifyService(settings), "not json").id is None
