@@ -10,7 +10,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from PIL import Image
 
-from app import errors, jobs, migrate
+from app import errors, events, jobs, migrate
 from app.auth_gate import AuthGate
 from app.db import new_session
 from app.input_guard import InputGuard
@@ -85,6 +85,7 @@ def create_app(settings: Settings | None = None, enqueue: jobs.Enqueue | None = 
     app.state.enqueue = enqueue or jobs.default_enqueue
     app.state.broker_check = broker_check(settings)
     app.state.verifier = Verifier(settings)
+    app.state.snapshots = events.Snapshots(settings)  # the job rows event streams share
     errors.install(app)
     # outermost last: metrics see everything; NUL bytes and missing keys are refused before the body is read
     app.add_middleware(BodyLimit, settings=settings)

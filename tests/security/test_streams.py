@@ -61,3 +61,29 @@ def test_many_streams_on_postgresql(dist_api: Api, monkeypatch: pytest.MonkeyPat
     # the PostgreSQL pool holds 20 + 20 connections
     monkeypatch.setattr(events, "POLL_SECONDS", 0.2)
     _streams_leave_the_api_answering(dist_api, 60)
+
+
+def test_streams_of_one_job_share_their_reads(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = api.register_model(32)
+    job_id = api.submit(model["id"]).json()["id"]
+    opened: list[int] = []
+    real = events.new_session
+
+    def counting(settings: object) -> object:
+        opened.append(1)
+        return real(settings)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(events, "new_session", counting)
+    snapshots = events.Snapshots(api.settings)
+    # twenty streams waking together: one read, the others wait for it and take its row
+    threads = [threading.Thread(target=snapshots.read, args=(job_id, 5.0)) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert len(opened) == 1
+    hit = snapshots.fresh(job_id, 5.0)
+    assert hit is not None and hit[1] is not None and hit[1].id == job_id
+    assert snapshots.fresh(job_id, 0.0) is None  # older than asked for: the next stream reads again
+    snapshots.read(job_id, 0.0)
+    assert len(opened) == 2
