@@ -22,6 +22,7 @@ class TameConfig:
     forget_per_image: bool = False  # weigh the forget loss by batch / forget_batch: each image as in a batch of 8
     lr_with_batch: bool = False  # lr grows with the forget batch: lr · forget_batch_for(k) / forget_batch
     remember_batch: int = 8
+    remember_with_batch: bool = False  # the remember batch grows with the forget batch, as lr_with_batch
     max_iterations: int = 800
     stats_every: int = 10  # re-estimate μ_R, σ_R every this many iterations
     stats_images: int = 1024
@@ -55,6 +56,14 @@ class TameConfig:
         """Forget images per step when D_F holds k: a fixed 8 leaves each of 100 photos out of 12 steps in 13."""
         grown = math.ceil(self.forget_share * k)
         return min(k, max(self.forget_batch, min(grown, self.forget_batch_max)))
+
+    def remember_batch_for(self, k: int) -> int:
+        """Remember images per step when D_F holds k: with remember_with_batch, remember_batch · forget batch /
+        forget_batch, so that a step's pull back on D_R keeps pace with a grown forget batch (README, "The remember
+        batch")."""
+        if not self.remember_with_batch:
+            return self.remember_batch
+        return round(self.remember_batch * max(1.0, self.forget_batch_for(k) / self.forget_batch))
 
     def lr_for(self, k: int) -> float:
         """The learning rate of a run with k forget images (the linear scaling rule when lr_with_batch)."""

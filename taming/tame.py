@@ -181,8 +181,9 @@ class _Run:
         self.tamed, self.base, self.forget_q, self.remember_q, self.config = tamed, base, forget_q, remember_q, config
         self.near = near if near is not None and len(near) else None
         # remember images drawn at random per step (the rest come from the nearest identities)
-        self.n_random = config.remember_batch - (round(config.near_fraction * config.remember_batch)
-                                                 if self.near is not None else 0)
+        self.remember_size = config.remember_batch_for(len(forget_q))
+        self.n_random = self.remember_size - (round(config.near_fraction * self.remember_size)
+                                              if self.near is not None else 0)
         self.device = next(tamed.parameters()).device
         self.gen = torch.Generator().manual_seed(config.seed)
         lr = config.lr_for(len(forget_q))
@@ -233,7 +234,7 @@ class _Run:
             forget_idx = _lowest(self.loop.tracked, self.loop.mu, self.loop.sigma, c, self.gen)
         else:
             forget_idx = torch.randperm(k, generator=self.gen)[:size]
-        n_near = c.remember_batch - self.n_random
+        n_near = self.remember_size - self.n_random
         remember_idx = torch.randint(len(self.remember_q), (self.n_random,), generator=self.gen)
         if n_near:
             assert self.near is not None

@@ -173,6 +173,9 @@ def test_the_forget_batch_grows_with_the_request_between_its_bounds() -> None:
     scaled = TameConfig(lr=1e-4, forget_share=0.25, forget_batch_max=16, lr_with_batch=True)
     assert [scaled.lr_for(k) for k in (7, 40, 61)] == pytest.approx([1e-4, 1.25e-4, 2e-4])
     assert TameConfig(lr=1e-4, forget_share=0.25).lr_for(61) == 1e-4  # without lr_with_batch
+    grown = TameConfig(remember_batch=12, forget_share=0.25, forget_batch_max=16, remember_with_batch=True)
+    assert [grown.remember_batch_for(k) for k in (7, 36, 61, 134)] == [12, 14, 24, 24]
+    assert TameConfig(remember_batch=12, forget_share=0.25).remember_batch_for(134) == 12
     with pytest.raises(ValueError, match="forget_share"):
         tame_check(TameConfig(forget_share=1.5))
 
