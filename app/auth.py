@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from app import audit
 from app.db import new_session
@@ -58,19 +59,30 @@ def forget_cached(key_hash: str) -> None:
     _recent_keys.pop(key_hash, None)
 
 
+def _digest(authorization: str) -> str:
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _unauthorized("send 'Authorization: Bearer <api key>'")
+    return hash_key(token.strip())
+
+
+def recent_key(authorization: str) -> ApiKey | None:
+    """The key an `Authorization` header names if this process accepted it a moment ago, else None; no I/O,
+    so the event loop may call it (a 401 for a malformed header)."""
+    cached = _recent_keys.get(_digest(authorization))
+    return cached[1] if cached is not None and cached[0] > time.monotonic() else None
+
+
 def authenticate(settings: Settings, authorization: str) -> ApiKey:
     """The key an `Authorization: Bearer …` header names, or a 401.
 
     Its own short session: the request's session (if any) is not opened for it, so no database connection
     is held for the life of a long request (an event stream, a large upload) just to have checked the key.
     """
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise _unauthorized("send 'Authorization: Bearer <api key>'")
-    digest = hash_key(token.strip())
-    cached = _recent_keys.get(digest)
-    if cached is not None and cached[0] > time.monotonic():
-        return cached[1]
+    cached = recent_key(authorization)
+    if cached is not None:
+        return cached
+    digest = _digest(authorization)
     with new_session(settings) as session:
         key = session.scalars(select(ApiKey).where(ApiKey.key_hash == digest)).first()
         if key is None or key.revoked_at is not None:
@@ -83,19 +95,24 @@ def authenticate(settings: Settings, authorization: str) -> ApiKey:
     return key
 
 
-def current_key(request: Request) -> ApiKey:
+async def current_key(request: Request) -> ApiKey:
     """The request's key: the one app.auth_gate checked before the body was read, else checked now."""
-    key = getattr(request.state, "api_key", None)
-    if isinstance(key, ApiKey):
-        return key
-    return authenticate(request.app.state.settings, request.headers.get("authorization", ""))
+    # async, like every dependency here that does no I/O: a sync one costs a thread-pool hop per request
+    checked = getattr(request.state, "api_key", None)
+    if isinstance(checked, ApiKey):
+        return checked
+    header = request.headers.get("authorization", "")
+    cached = recent_key(header)
+    if cached is not None:
+        return cached
+    return await run_in_threadpool(authenticate, request.app.state.settings, header)
 
 
 CurrentKey = Annotated[ApiKey, Depends(current_key)]
 
 
-def require_role(*roles: str) -> Callable[[ApiKey], ApiKey]:
-    def check(key: CurrentKey) -> ApiKey:
+def require_role(*roles: str) -> Callable[[ApiKey], Awaitable[ApiKey]]:
+    async def check(key: CurrentKey) -> ApiKey:
         if key.role not in roles:
             raise ApiError(403, "forbidden", f"the {key.role} role may not do this (needs {' or '.join(roles)})")
         return key

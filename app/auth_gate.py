@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.routing import Match, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.auth import authenticate
+from app.auth import authenticate, recent_key
 from app.errors import ApiError, error_response
 from app.settings import Settings
 
@@ -37,7 +37,7 @@ class AuthGate:
             return
         header = next((v for k, v in scope["headers"] if k == b"authorization"), b"").decode("latin-1")
         try:
-            key = await run_in_threadpool(authenticate, self.settings, header)
+            key = recent_key(header) or await run_in_threadpool(authenticate, self.settings, header)
         except ApiError as exc:
             response = error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
             await response(scope, receive, send)  # the body is never read
