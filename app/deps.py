@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from app.db import new_session
+from app.db import new_read_session, new_session
 from app.jobs import Enqueue
 from app.settings import Settings
 from app.storage import Storage
@@ -33,7 +33,17 @@ async def _request_session(request: Request) -> AsyncIterator[Session]:
             session.close()
 
 
+async def _read_session(request: Request) -> AsyncIterator[Session]:
+    # the hot read paths (a job polled every second): one round trip per query, no transaction to end
+    session = new_read_session(request.app.state.settings)
+    try:
+        yield session
+    finally:
+        session.close()
+
+
 SessionDep = Annotated[Session, Depends(_request_session)]
+ReadSessionDep = Annotated[Session, Depends(_read_session)]
 
 
 async def _settings(request: Request) -> Settings:

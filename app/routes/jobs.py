@@ -9,7 +9,7 @@ from fastapi.responses import HTMLResponse, StreamingResponse
 
 from app import events, jobs, storage_keys
 from app.auth import CurrentKey, SubmitterKey, visible_job
-from app.deps import EnqueueDep, SessionDep, SettingsDep, StorageDep
+from app.deps import EnqueueDep, ReadSessionDep, SessionDep, SettingsDep, StorageDep
 from app.errors import BODY_RESPONSES, CONFLICT_RESPONSES, ERROR_RESPONSES, QUOTA_RESPONSES, ApiError
 from app.schemas import TEXT_PATTERN, JobList, JobOut
 
@@ -48,7 +48,7 @@ def submit_job(
 
 @router.get("", response_model=JobList)
 def list_jobs(
-    key: CurrentKey, session: SessionDep,
+    key: CurrentKey, session: ReadSessionDep,
     status: Annotated[Literal["queued", "running", "succeeded", "failed", "cancelled"] | None, Query()] = None,
     kind: Annotated[Literal["forget_identity", "rebalance_attribute"] | None, Query()] = None,
     model_id: Annotated[str | None, Query(max_length=64)] = None,
@@ -62,7 +62,7 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def get_job(job_id: str, key: CurrentKey, session: SessionDep) -> JobOut:
+def get_job(job_id: str, key: CurrentKey, session: ReadSessionDep) -> JobOut:
     """One job: state, progress (iteration, max |d|, share, ETA), the version it produced."""
     return JobOut.of(visible_job(session, key, job_id))
 

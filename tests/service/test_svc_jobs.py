@@ -8,7 +8,7 @@ import pytest
 from svc_api import Api
 from svc_media import png
 
-from app.db import session_scope
+from app.db import new_read_session, session_scope
 from app.models import Job, ModelVersion
 
 
@@ -167,3 +167,15 @@ def test_every_route_with_a_body_documents_the_body_errors(api: Api) -> None:
     missing = [(path, method) for path, method in with_body
                if not {"400", "408", "413"} <= set(spec["paths"][path][method]["responses"])]
     assert missing == []
+
+
+@pytest.mark.parametrize("mode", ["sqlite", "postgresql"])
+def test_polls_read_outside_a_transaction(request: pytest.FixtureRequest, mode: str) -> None:
+    api: Api = request.getfixturevalue("api" if mode == "sqlite" else "dist_api")
+    job_id = api.submit(api.register_model()["id"]).json()["id"]
+    with new_read_session(api.settings) as session:
+        assert session.get(Job, job_id) is not None
+        raw = session.connection().connection.dbapi_connection
+        assert raw.autocommit if mode == "postgresql" else raw.isolation_level is None  # type: ignore[union-attr]
+    _set(api, job_id, state="running")  # the poll sees the write at once: no snapshot held between reads
+    assert api.client.get(f"/v1/jobs/{job_id}", headers=api.h("operator")).json()["state"] == "running"
