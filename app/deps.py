@@ -3,12 +3,11 @@ the verify process."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 
 from app.db import new_read_session, new_session
 from app.jobs import Enqueue
@@ -17,23 +16,20 @@ from app.storage import Storage
 from app.verify import Verifier
 
 
-async def _request_session(request: Request) -> AsyncIterator[Session]:
+def _request_session(request: Request) -> Iterator[Session]:
     # Routes commit explicitly (a job must be committed before its doorbell rings); anything left
-    # uncommitted when the request ends is rolled back by close(). Every dependency here is async: a sync
-    # one costs a thread-pool hop per request (two for a generator), which halved the poll throughput.
-    # A new session does no I/O until first used; closing one that holds a connection talks to the
-    # database, so that happens in the thread pool.
+    # uncommitted when the request ends is rolled back by close(). A sync generator on purpose: FastAPI runs
+    # its exit in a thread of its own, outside the pool the endpoints share. An async one that closed in that
+    # pool deadlocked under 100 event streams (every thread waiting for a connection that only a close
+    # waiting for a thread would return).
     session = new_session(request.app.state.settings)
     try:
         yield session
     finally:
-        if session.in_transaction():
-            await run_in_threadpool(session.close)
-        else:
-            session.close()
+        session.close()
 
 
-async def _read_session(request: Request) -> AsyncIterator[Session]:
+def _read_session(request: Request) -> Iterator[Session]:
     # the hot read paths (a job polled every second): one round trip per query, no transaction to end
     session = new_read_session(request.app.state.settings)
     try:

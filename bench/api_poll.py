@@ -5,7 +5,8 @@
 Starts the API (uvicorn, one process) against a fresh PostgreSQL database (TAMING_TEST_DATABASE_URL or
 postgres@127.0.0.1/test's server), seeds one job, then polls it with N concurrent httpx clients for a
 while; does the same against a FastAPI app whose one endpoint returns a constant, in the same run.
-Goal (issue 3): at least half the bare endpoint's throughput, p99 under 20 ms. Loopback only.
+Goals: at least 0.6x the bare endpoint's throughput and p99 within 1.5x its p99 (issue 14); beside 100 event
+streams p99 under 1 s with 0 errors (issue 11). Loopback only.
 
 With `--streams N` (issue 11: goal p99 under 1 s, 0 errors, beside 100 streams), the API is polled once more
 while N clients hold `GET /v1/jobs/{id}/events` open on the same job.
@@ -95,9 +96,12 @@ async def load(url: str, headers: dict[str, str], clients: int, seconds: float) 
         async with httpx.AsyncClient(headers=headers, timeout=10) as client:
             while time.perf_counter() < deadline:  # bounded by time: no request loop outlives the run
                 t0 = time.perf_counter()
-                r = await client.get(url)
+                try:
+                    r = await client.get(url)
+                    errors += r.status_code != 200
+                except httpx.HTTPError:  # a poll that waited 10 s is an error, not the end of the run
+                    errors += 1
                 latencies.append(time.perf_counter() - t0)
-                errors += r.status_code != 200
 
     await asyncio.gather(*(one() for _ in range(clients)))
     return len(latencies), latencies, errors
@@ -181,7 +185,7 @@ def main() -> None:
             bare = asyncio.run(load(f"http://127.0.0.1:{bare_port}/const", {}, opts.clients, opts.seconds))
             api_rate = report("GET /v1/jobs/{id}", *api, opts.seconds)
             bare_rate = report("bare constant", *bare, opts.seconds)
-            print(f"ratio (API / bare)     {api_rate / bare_rate:.2f}   (goal >= 0.5)")
+            print(f"ratio (API / bare)     {api_rate / bare_rate:.2f}   (goal >= 0.6, p99 <= 1.5x the bare p99)")
             if opts.streams:
                 polled, failed = asyncio.run(load_beside_streams(
                     f"http://127.0.0.1:{api_port}/v1/jobs/{job_id}", {"Authorization": f"Bearer {key}"},
