@@ -3,7 +3,7 @@ the verify process."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -16,30 +16,25 @@ from app.storage import Storage
 from app.verify import Verifier
 
 
-def _request_session(request: Request) -> Iterator[Session]:
+def _session_per_request(open_session: Callable[[Settings], Session]) -> Callable[[Request], Iterator[Session]]:
     # Routes commit explicitly (a job must be committed before its doorbell rings); anything left
     # uncommitted when the request ends is rolled back by close(). A sync generator on purpose: FastAPI runs
     # its exit in a thread of its own, outside the pool the endpoints share. An async one that closed in that
     # pool deadlocked under 100 event streams (every thread waiting for a connection that only a close
     # waiting for a thread would return).
-    session = new_session(request.app.state.settings)
-    try:
-        yield session
-    finally:
-        session.close()
+    def dependency(request: Request) -> Iterator[Session]:
+        session = open_session(request.app.state.settings)
+        try:
+            yield session
+        finally:
+            session.close()
+
+    return dependency
 
 
-def _read_session(request: Request) -> Iterator[Session]:
-    # the hot read paths (a job polled every second): one round trip per query, no transaction to end
-    session = new_read_session(request.app.state.settings)
-    try:
-        yield session
-    finally:
-        session.close()
-
-
-SessionDep = Annotated[Session, Depends(_request_session)]
-ReadSessionDep = Annotated[Session, Depends(_read_session)]
+SessionDep = Annotated[Session, Depends(_session_per_request(new_session))]
+# the hot read paths (a job polled every second): one round trip per query, no transaction to end
+ReadSessionDep = Annotated[Session, Depends(_session_per_request(new_read_session))]
 
 
 async def _settings(request: Request) -> Settings:
