@@ -74,14 +74,12 @@ def recent_key(authorization: str) -> ApiKey | None:
 
 
 def authenticate(settings: Settings, authorization: str) -> ApiKey:
-    """The key an `Authorization: Bearer …` header names, or a 401.
+    """The key an `Authorization: Bearer …` header names, or a 401, looked up in the database (check_key asks
+    the cache first).
 
     Its own short session: the request's session (if any) is not opened for it, so no database connection
     is held for the life of a long request (an event stream, a large upload) just to have checked the key.
     """
-    cached = recent_key(authorization)
-    if cached is not None:
-        return cached
     digest = _digest(authorization)
     with new_session(settings) as session:
         key = session.scalars(select(ApiKey).where(ApiKey.key_hash == digest)).first()
@@ -95,17 +93,22 @@ def authenticate(settings: Settings, authorization: str) -> ApiKey:
     return key
 
 
+async def check_key(settings: Settings, authorization: str) -> ApiKey:
+    """The key of an `Authorization` header, or a 401: from this process's cache in the event loop, else from
+    the database in a worker thread."""
+    cached = recent_key(authorization)
+    if cached is not None:
+        return cached
+    return await run_in_threadpool(authenticate, settings, authorization)
+
+
 async def current_key(request: Request) -> ApiKey:
     """The request's key: the one app.auth_gate checked before the body was read, else checked now."""
     # async, like every dependency here that does no I/O: a sync one costs a thread-pool hop per request
     checked = getattr(request.state, "api_key", None)
     if isinstance(checked, ApiKey):
         return checked
-    header = request.headers.get("authorization", "")
-    cached = recent_key(header)
-    if cached is not None:
-        return cached
-    return await run_in_threadpool(authenticate, request.app.state.settings, header)
+    return await check_key(request.app.state.settings, request.headers.get("authorization", ""))
 
 
 CurrentKey = Annotated[ApiKey, Depends(current_key)]

@@ -8,11 +8,10 @@ state (app.auth.current_key reads it there), so roles are still checked per rout
 
 from __future__ import annotations
 
-from starlette.concurrency import run_in_threadpool
 from starlette.routing import Match, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.auth import authenticate, recent_key
+from app.auth import check_key
 from app.errors import ApiError, error_response
 from app.settings import Settings
 
@@ -37,7 +36,7 @@ class AuthGate:
             return
         header = next((v for k, v in scope["headers"] if k == b"authorization"), b"").decode("latin-1")
         try:
-            key = recent_key(header) or await run_in_threadpool(authenticate, self.settings, header)
+            key = await check_key(self.settings, header)
         except ApiError as exc:
             response = error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
             await response(scope, receive, send)  # the body is never read

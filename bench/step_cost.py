@@ -1,7 +1,7 @@
 """Cost of one taming iteration relative to one maximum-likelihood training step on the same batch size.
 
 Both run on the shipped AT&T model (person 1's 7 photos), timed step by step in one run, with a training batch
-of as many images as a taming step passes through the model (the paper: 8 forget + 8 remember = 16; `improved`:
+of as many images as a taming step passes through the model (the paper: 7 forget + 8 remember = 15; `improved`:
 7 forget photos × 4 draws + 12 remember = 40). Prints the median step (the frozen base model's forward included)
 and the mean, which also carries the μ_R, σ_R refresh every 10 iterations (the paper) or the rolling statistics
 and tracked re-measurements (`improved`). Goal: mean ratio ≤ 1.3.
