@@ -104,7 +104,7 @@ async def check_key(settings: Settings, authorization: str) -> ApiKey:
 
 async def current_key(request: Request) -> ApiKey:
     """The request's key: the one app.auth_gate checked before the body was read, else checked now."""
-    # async, like every dependency here that does no I/O: a sync one costs a thread-pool hop per request
+    # async: a sync dependency costs a thread-pool hop per request; the rare database lookup takes its own
     checked = getattr(request.state, "api_key", None)
     if isinstance(checked, ApiKey):
         return checked
