@@ -57,8 +57,8 @@ def main() -> None:
               f"{report['stopping']['iterations']} iterations, {wall:.1f} s wall")
         print("  phase        s   " + "  ".join(f"{k} {v:.1f}" for k, v in phases.items()))
         print("  stage        s   " + "  ".join(f"{k} {v:.1f}" for k, v in stages.items()))
-        print(f"  taming loop {taming - timing.get('confirm_seconds', 0):.1f} s, confirmation "
-              f"{timing.get('confirm_seconds', 0):.1f} s; outside the taming run {wall - taming:.1f} s = "
+        print(f"  taming loop {taming - timing.get('confirm_seconds', 0):.1f} s, {timing.get('confirmations')} "
+              f"confirmations {timing.get('confirm_seconds', 0):.1f} s; outside the taming run {wall - taming:.1f} s = "
               f"{(wall - taming) / wall:.0%} of the job (goal <= 25%)")
 
 

@@ -146,7 +146,10 @@ def main() -> None:
                     f.write(json.dumps({"person": person, "method": label, "report": report}) + "\n")
             if missed:
                 failed.append(f"{person} {label}: " + "; ".join(missed))
-            print(f"<!-- {person} {method}: {time.perf_counter() - started:.0f} s -->", file=sys.stderr, flush=True)
+            timing = report["timing"]
+            print(f"<!-- {person} {method}: {time.perf_counter() - started:.0f} s; {timing.get('confirmations')} "
+                  f"confirmations, {timing.get('confirm_seconds') or 0:.0f} s; stages {timing.get('stages')} -->",
+                  file=sys.stderr, flush=True)
     print("\nall bars hold" if not failed else "\nbars missed:\n" + "\n".join(failed))
 
 

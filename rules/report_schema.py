@@ -64,6 +64,7 @@ class Timing(_Section):
     wall_seconds: float | None
     tame_seconds: float | None = None
     confirm_seconds: float | None = None  # of tame_seconds
+    confirmations: int | None = None  # stops measured on fresh statistics, the confirmed one included
     stages: dict[str, float] = {}  # seconds per stage of the run
     iterations_per_second: float | None = None
     device: str | None = None

@@ -75,6 +75,7 @@ class TameResult:
     history: list[dict[str, float]] = field(default_factory=list)
     wall_seconds: float = 0.0
     confirm_seconds: float = 0.0  # of wall_seconds, spent confirming stops on fresh statistics
+    confirmations: int = 0  # stops confirmed or refused on fresh statistics (the cap's final measurement included)
     stopped: bool = False  # ended early by its StopToken: nothing of it is final (d and bpd_forget are NaN)
 
 
@@ -146,14 +147,15 @@ def tame(
             if on_step is not None:
                 on_step(run.info(max_abs_d, share, record))
     return TameResult(tamed, met, run.loop.iteration, _reason(met, capped), final.d, final.bpd, final.mu, final.sigma,
-                      share, run.loop.history, time.perf_counter() - run.start, run.confirm_seconds)
+                      share, run.loop.history, time.perf_counter() - run.start, run.confirm_seconds,
+                      confirmations=run.confirmations)
 
 
 def _stopped(run: _Run, share: float | None) -> TameResult:
     nan = torch.full((len(run.forget_q),), math.nan, dtype=torch.float64)
     return TameResult(run.tamed, False, run.loop.iteration, "stopped by the caller", nan, nan.clone(), run.loop.mu,
                       run.loop.sigma, share, run.loop.history, time.perf_counter() - run.start, run.confirm_seconds,
-                      stopped=True)
+                      run.confirmations, stopped=True)
 
 
 def _confirm(run: _Run, share: float | None, capped: bool, share_stop: Callable[[float], bool] | None,
@@ -192,6 +194,7 @@ class _Run:
         self.good = snapshot(tamed, self.optimizer)
         self.start = time.perf_counter()
         self.confirm_seconds = 0.0
+        self.confirmations = 0
 
     def begin(self) -> None:
         values = remember_bpd(self.tamed, self.remember_q, self.gen, self.config.stats_images)
@@ -282,6 +285,7 @@ class _Run:
             return self._confirm(c)
         finally:
             self.confirm_seconds += time.perf_counter() - started
+            self.confirmations += 1
 
     def _confirm(self, c: TameConfig) -> _Final:
         draws = c.confirm_draws if c.estimator == "discrete" else 1

@@ -38,6 +38,7 @@ def test_tame_meets_the_confirmed_criterion_and_leaves_the_base_alone(tiny_base:
     assert result.criterion_met, result.reason
     assert result.iterations < FAST.max_iterations
     assert bool((result.d >= -FAST.eps).all())
+    assert result.confirmations >= 1 and 0 < result.confirm_seconds <= result.wall_seconds
     assert len(seen) == result.iterations == len(result.history)
     assert seen[-1].max_iterations == FAST.max_iterations and seen[-1].eta_seconds is not None
     for k, v in tiny_base.state_dict().items():
