@@ -9,6 +9,7 @@ the standardised score (v - mu) / sigma is invariant under such a map, so every 
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,9 @@ ALL_SETS = (*QD_SETS, "remember_holdout")
 # Sets whose images the base model never trained on: against training images a small, overfit base model
 # finds every unseen image an outlier, so their quantiles are measured against other unseen images.
 HELD_OUT_SETS = ("forget_holdout", "remember_unseen", "remember_holdout")
+# Sets of other people, which the next version's jobs measure again: the tamed model's figures of them are kept
+# for that version (never the forgotten person's).
+CARRIED_SETS = ("remember", "remember_unseen", "remember_holdout", "remember_nearest")
 # Images per set and draws per image. DESIGN.md asks for up to 10,000 remember images and 5 draws; on a CPU that
 # is minutes per report (10,000 x 5 x 2 models at ~3 ms), and 2,048 images give σ within 1.6% (its standard
 # error), so sets are capped there, and sets larger than LARGE_SET get 2 draws (the noise is paired between the
@@ -53,12 +57,17 @@ def quantiles(values: Tensor, mu: float, sigma: float) -> Tensor:
     return 0.5 * torch.special.erfc(z / math.sqrt(2.0))
 
 
-def _subsample(images: Tensor, limit: int, seed: int) -> Tensor:
-    """At most `limit` images of `images` [N, ...], a seeded random subset when there are more."""
-    if images.shape[0] <= limit:
-        return images
-    gen = torch.Generator().manual_seed(seed)
-    return images[torch.randperm(images.shape[0], generator=gen)[:limit].sort().values]
+def _subset(keys: Tensor, limit: int, seed: int) -> Tensor:
+    """Indices of at most `limit` of the images with content keys `keys` [N] -> [n] (sorted): all when there are
+    no more, else those whose keys rank first once mixed with the seed.
+
+    A choice by content rather than by position: removing one person's images from a set leaves the rest of
+    its subset as it was, so every job on a version measures mostly the same images and the base model's
+    figures come from BaseCache instead of being measured again."""
+    if keys.shape[0] <= limit:
+        return torch.arange(keys.shape[0])
+    rank = [hashlib.sha256(f"{seed}-{k}".encode()).digest()[:8] for k in keys.tolist()]
+    return torch.tensor(sorted(sorted(range(len(rank)), key=rank.__getitem__)[:limit]), dtype=torch.long)
 
 
 class BaseCache:
@@ -89,6 +98,12 @@ class BaseCache:
             self.dirty = True
         return torch.tensor([self.values[draws, k] for k in keys.tolist()], dtype=torch.float64)
 
+    def record(self, keys: Tensor, draws: int, values: Tensor) -> None:
+        """Keep values [N] measured elsewhere for images with keys [N]: a tamed model's figures become the base
+        figures of the version it is saved as."""
+        self.values.update({(draws, int(k)): float(v) for k, v in zip(keys.tolist(), values.tolist(), strict=True)})
+        self.dirty = True
+
     def save(self) -> None:
         if self.path is None or not self.dirty:
             return
@@ -116,14 +131,20 @@ def _reference_for(name: str, present: list[str], reference_key: str, holdout_re
 
 
 def _measure(base: nn.Module, tamed: nn.Module, images: Tensor, n_bits: int, draws: int, seed: int,
-             batch_size: int, base_cache: BaseCache | None) -> tuple[Tensor, Tensor]:
-    """(bpd under base, bpd under tamed) of one set, subsampled and with fewer draws when large."""
-    images = _subsample(images, MAX_REFERENCE, seed)
+             batch_size: int, base_cache: BaseCache | None,
+             tamed_cache: BaseCache | None = None) -> tuple[Tensor, Tensor]:
+    """(bpd under base, bpd under tamed) of one set, subsampled and with fewer draws when large; the tamed values
+    go into `tamed_cache` when given."""
     keys = image_keys(images)
+    idx = _subset(keys, MAX_REFERENCE, seed)
+    images, keys = images[idx], keys[idx]
     k = draws if len(images) <= LARGE_SET else min(draws, LARGE_SET_DRAWS)
     before = (base_cache.mean_bpd(base, images, keys, n_bits, k, seed, batch_size) if base_cache is not None
               else mean_bpd(base, images, n_bits, k, seed, keys=keys, batch_size=batch_size))
-    return before, mean_bpd(tamed, images, n_bits, k, seed, keys=keys, batch_size=batch_size)
+    after = mean_bpd(tamed, images, n_bits, k, seed, keys=keys, batch_size=batch_size)
+    if tamed_cache is not None:
+        tamed_cache.record(keys, k, after)
+    return before, after
 
 
 def _per_image(bpd: tuple[Tensor, Tensor], ref: dict[str, dict[str, Any]]) -> dict[str, Tensor]:
@@ -147,6 +168,7 @@ def evaluate_sets(
     batch_size: int = INFERENCE_BATCH,
     measured: dict[str, tuple[Tensor, Tensor]] | None = None,
     base_cache: BaseCache | None = None,
+    tamed_cache: BaseCache | None = None,
 ) -> dict[str, Any]:
     """Evaluate base and tamed models on the named image sets.
 
@@ -154,6 +176,8 @@ def evaluate_sets(
         `sets[reference_key]` must be present; sets larger than MAX_REFERENCE images are subsampled (seeded);
         sets larger than LARGE_SET get LARGE_SET_DRAWS draws instead of `draws`.
     base_cache: the base model's values of images measured before (the same version's earlier reports).
+    tamed_cache: receives the tamed model's values of the sets of other people (CARRIED_SETS): the base figures
+        of the next version's jobs.
     sigma_r: sigma_R in bpd, the unit of `bpd_shift_sigma` (the run's final estimate under the tamed model).
     measured: (bpd_base, bpd_tamed) of sets already measured by an earlier call (its "bpd" entry), so that
         several requests of one run measure the shared sets once.
@@ -172,7 +196,8 @@ def evaluate_sets(
     bpd: dict[str, tuple[Tensor, Tensor]] = dict(measured or {})
     for name in names:
         if name not in bpd:
-            bpd[name] = _measure(base, tamed, sets[name], n_bits, draws, seed, batch_size, base_cache)
+            carry = tamed_cache if name in CARRIED_SETS else None
+            bpd[name] = _measure(base, tamed, sets[name], n_bits, draws, seed, batch_size, base_cache, carry)
     ref_keys = {_reference_for(n, names, reference_key, holdout_reference_key) for n in names}
     reference = {
         key: {"base": _reference_stats(bpd[key][0], key), "tamed": _reference_stats(bpd[key][1], key)}
@@ -229,7 +254,7 @@ def discrete_likelihood(
     for name in ("forget", "forget_holdout"):
         if name not in sets or sets[name].shape[0] == 0:
             continue
-        images = _subsample(sets[name], limit, seed)
+        images = sets[name][_subset(image_keys(sets[name]), limit, seed)]
         dims = images[0].numel()
         before = bpd_draws(base, images, n_bits, draws, seed, batch_size=batch_size)
         after = bpd_draws(tamed, images, n_bits, draws, seed, batch_size=batch_size)

@@ -92,8 +92,9 @@ def _reports(planned: list[Planned], context: RunContext, rebalance: Rebalance |
     for plan in planned:
         reports[plan.request.key], figures[plan.request.key] = report_for(plan, context, measured, rebalance,
                                                                           shares)
-    if context.base_cache is not None:
-        context.base_cache.save()
+    for cache in (context.base_cache, context.next_cache):
+        if cache is not None:
+            cache.save()
     phase("reporting")
     with context.stages("html"):
         html = {key: render_html(report, figures[key]) for key, report in reports.items()}
@@ -144,10 +145,14 @@ def run_requests(
                               rebalance is None, cache_dir, stages)
     context = RunContext(base, result, config, remember, remember_holdout, unseen, space, sha,
                          {"parent_sha256": parent_sha, **(model_meta or {})}, device, started, stages, frechet,
-                         probe, BaseCache(cache_dir / f"base-bpd-{parent_sha[:16]}.npz" if cache_dir else None),
-                         precision.describe())
+                         probe, _base_cache(cache_dir, parent_sha), precision.describe(), _base_cache(cache_dir, sha))
     reports, html = _reports(planned, context, rebalance, shares, phase)
     return PipelineResult(sha, result.criterion_met, result.iterations, reports, html, stages.seconds)
+
+
+def _base_cache(cache_dir: Path | None, sha256: str) -> BaseCache | None:
+    """The figures of the checkpoint with this hash as a base model (taming.evaluate.BaseCache), kept on disk."""
+    return BaseCache(cache_dir / f"base-bpd-{sha256[:16]}.npz") if cache_dir else None
 
 
 def _loop(tamed: Glow, base: Glow, forget_u8: Tensor, remember: FaceSet, config: TameConfig, shares: Any,

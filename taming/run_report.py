@@ -61,6 +61,7 @@ class RunContext:
     probe: SampleProbe | None = None  # both models' sample embeddings, for the generation evidence
     base_cache: BaseCache | None = None  # the base model's figures of images measured for this version before
     precision: str = "fp32"  # taming.precision.Precision.describe()
+    next_cache: BaseCache | None = None  # receives the tamed model's: the base figures of the version it becomes
 
 
 def report_for(plan: Planned, c: RunContext, measured: dict[str, tuple[Tensor, Tensor]], rebalance: Rebalance | None,
@@ -71,7 +72,8 @@ def report_for(plan: Planned, c: RunContext, measured: dict[str, tuple[Tensor, T
     quantized = _sets(c, plan, included, nearest)
     with c.stages("evaluation"):
         evaluation = evaluate_sets(c.base, c.result.model, quantized, c.base.config.n_bits, sigma_r=c.result.sigma_r,
-                                   measured=measured, base_cache=c.base_cache)
+                                   measured=measured, base_cache=c.base_cache,
+                                   tamed_cache=c.next_cache)
     measured.update({k: v for k, v in evaluation["bpd"].items()
                      if k not in ("forget", "forget_holdout", "remember_nearest")})
     metrics = _metrics(c, plan, evaluation, quantized, nearest, rebalance, classifier)
@@ -186,7 +188,7 @@ def _timing(c: RunContext) -> Timing:
     wall = time.perf_counter() - c.started
     tame_s = c.result.wall_seconds
     return Timing(wall_seconds=wall, tame_seconds=tame_s, confirm_seconds=c.result.confirm_seconds,
-                  stages=dict(c.stages.seconds),
+                  confirmations=c.result.confirmations, stages=dict(c.stages.seconds),
                   iterations_per_second=c.result.iterations / tame_s if tame_s > 0 else None,
                   device=c.device if c.device != "cpu" else f"cpu ({platform.processor() or platform.machine()})",
                   precision=c.precision)

@@ -166,10 +166,38 @@ def test_feature_network_is_trained_once_per_model(workspace: Path, two_people: 
         run_requests(workspace / "base.safetensors", two_people, [Request(key, forget)],
                      TameConfig(max_iterations=1), tmp_path / f"{key}.safetensors", cache_dir=tmp_path / "cache")
     cached = sorted(p.name for p in (tmp_path / "cache").iterdir())
-    sha = file_sha256(workspace / "base.safetensors")[:16]
-    # the feature network once per model; the base model's figures and samples once per version
-    assert cached == [f"base-bpd-{sha}.npz", f"features-v2-{two_people.data_hash()[:16]}.safetensors",
-                      f"samples-{sha}-{two_people.data_hash()[:16]}-1000-0.7-2024.pt"]
+    sha, a, b = (file_sha256(p)[:16] for p in (workspace / "base.safetensors", tmp_path / "a.safetensors",
+                                               tmp_path / "b.safetensors"))
+    # the feature network once per model; the base model's figures and samples once per version (each job's
+    # tamed model's figures are those of the version it makes)
+    assert cached == sorted([f"base-bpd-{sha}.npz", f"base-bpd-{a}.npz", f"base-bpd-{b}.npz",
+                             f"features-v2-{two_people.data_hash()[:16]}.safetensors",
+                             f"samples-{sha}-{two_people.data_hash()[:16]}-1000-0.7-2024.pt"])
+
+
+def test_a_job_keeps_its_tamed_models_figures_of_other_people_for_the_next_version(
+        workspace: Path, two_people: FaceSet, tmp_path: Path) -> None:
+    import torch
+
+    from taming.checkpoint import load_checkpoint
+    from taming.evaluate import BaseCache
+    from taming.likelihood import image_keys, mean_bpd
+    from taming.pipeline import Request, run_requests
+    from taming.tame import TameConfig
+
+    person0, person1 = (np.flatnonzero(two_people.identity == p) for p in (0, 1))
+    result = run_requests(workspace / "base.safetensors", two_people, [Request("a", two_people.subset(person0[:3]))],
+                          TameConfig(max_iterations=2), tmp_path / "a.safetensors", cache_dir=tmp_path)
+    carried = BaseCache(tmp_path / f"base-bpd-{result.sha256[:16]}.npz")
+    others = quantize(two_people.subset(person1).images, 5)
+    keys = image_keys(others)
+    # only the other people's images, never the forgotten person's
+    assert {k for _, k in carried.values} == set(keys.tolist())
+    (draws,) = {d for d, _ in carried.values}
+    tamed, _ = load_checkpoint(tmp_path / "a.safetensors")
+    fresh = mean_bpd(tamed, others, 5, draws, 0, keys=keys)
+    torch.testing.assert_close(carried.mean_bpd(tamed, others, keys, 5, draws, 0), fresh)
+    assert not carried.dirty  # every value came from the file
 
 
 def test_forgotten_people_leave_every_set_of_other_people(two_people: FaceSet) -> None:
