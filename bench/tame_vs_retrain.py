@@ -4,7 +4,8 @@ Same machine, same run: (1) one erasure through the whole pipeline on the shippe
 service runs it (the model's whole training set goes in as the remember set; the person leaves it by image
 match); (2) a fresh Glow of the same architecture trained by the base model's own recipe (`taming train`'s
 defaults) on D_R, without the person, until its BPD on D_R reaches the tamed model's, checked every 100 steps
-(the recipe's learning rate is constant, so training past its 1500 steps is the same recipe, longer).
+(the recipe's learning rate is constant, so training past its 1500 steps is the same recipe, longer; the
+time of those checks is not counted as the retraining's).
 Two ratios are printed: against the whole erasure (taming, confirmation, audit evaluation, reports) and,
 on the last line, against the taming run itself (Algorithm 1 with its confirmation: what produces the
 model a retraining would produce). Goal: at least 20x.
@@ -60,10 +61,13 @@ def retrain(base: Glow, images: torch.Tensor, remember: torch.Tensor, target: fl
     assert not recipe.cosine, "a longer cosine schedule would not be the same recipe"
     started = time.perf_counter()
     reached: dict[str, float | None] = {"step": None, "bpd": float("nan")}
+    measuring = [0.0]  # the checks every 100 steps are the benchmark's, not the retraining's: their time is left out
 
     def on_step(step: object) -> None:
         if step.step % 100 == 0:  # type: ignore[attr-defined]
+            checked = time.perf_counter()
             bpd = float(mean_bpd(fresh, remember, n_bits, draws=1).mean())
+            measuring[0] += time.perf_counter() - checked
             reached.update(step=step.step, bpd=bpd)  # type: ignore[attr-defined]
             if bpd <= target:
                 raise Reached
@@ -73,7 +77,7 @@ def retrain(base: Glow, images: torch.Tensor, remember: torch.Tensor, target: fl
         capped = True
     except Reached:
         capped = False
-    return time.perf_counter() - started, reached, capped
+    return time.perf_counter() - started - measuring[0], reached, capped
 
 
 def main() -> None:
