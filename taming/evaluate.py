@@ -155,20 +155,11 @@ def _per_image(bpd: tuple[Tensor, Tensor], ref: dict[str, dict[str, Any]]) -> di
 
 
 def evaluate_sets(
-    base: nn.Module,
-    tamed: nn.Module,
-    sets: dict[str, Tensor],
-    n_bits: int,
-    *,
-    reference_key: str = "remember",
-    holdout_reference_key: str = "remember_holdout",
-    sigma_r: float,
-    draws: int = 5,
-    seed: int = 0,
-    batch_size: int = INFERENCE_BATCH,
+    base: nn.Module, tamed: nn.Module, sets: dict[str, Tensor], n_bits: int, *,
+    reference_key: str = "remember", holdout_reference_key: str = "remember_holdout",
+    sigma_r: float, draws: int = 5, seed: int = 0, batch_size: int = INFERENCE_BATCH,
     measured: dict[str, tuple[Tensor, Tensor]] | None = None,
-    base_cache: BaseCache | None = None,
-    tamed_cache: BaseCache | None = None,
+    base_cache: BaseCache | None = None, tamed_cache: BaseCache | None = None,
 ) -> dict[str, Any]:
     """Evaluate base and tamed models on the named image sets.
 
@@ -176,8 +167,7 @@ def evaluate_sets(
         `sets[reference_key]` must be present; sets larger than MAX_REFERENCE images are subsampled (seeded);
         sets larger than LARGE_SET get LARGE_SET_DRAWS draws instead of `draws`.
     base_cache: the base model's values of images measured before (the same version's earlier reports).
-    tamed_cache: receives the tamed model's values of the sets of other people (CARRIED_SETS): the base figures
-        of the next version's jobs.
+    tamed_cache: receives the tamed model's values of CARRIED_SETS (the next version's base figures).
     sigma_r: sigma_R in bpd, the unit of `bpd_shift_sigma` (the run's final estimate under the tamed model).
     measured: (bpd_base, bpd_tamed) of sets already measured by an earlier call (its "bpd" entry), so that
         several requests of one run measure the shared sets once.
