@@ -147,8 +147,7 @@ def tame(
             if on_step is not None:
                 on_step(run.info(max_abs_d, share, record))
     return TameResult(tamed, met, run.loop.iteration, _reason(met, capped), final.d, final.bpd, final.mu, final.sigma,
-                      share, run.loop.history, time.perf_counter() - run.start, run.confirm_seconds,
-                      confirmations=run.confirmations)
+                      share, run.loop.history, time.perf_counter() - run.start, run.confirm_seconds, run.confirmations)
 
 
 def _stopped(run: _Run, share: float | None) -> TameResult:
