@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
     for direction, strategy in args.runs:
         target = p0.share / 2 if direction == "decrease" else min(1.0, 1.5 * p0.share)
         config = method_config(args.method, max_iterations=args.max_iterations, stats_images=args.stats_images,
-                               delta=args.delta, share_rule=args.share_rule)
+                               delta=args.delta, share_rule=args.share_rule, sample_anchor=args.sample_anchor)
         started = time.perf_counter()
         result = rebalance(base, sides(pos, neg, direction, strategy), config, target, direction, monitor,
                            final_meter=final, space=space,
@@ -125,6 +125,8 @@ def main() -> None:
     p.add_argument("--runs", default="decrease:,increase:push_negatives,increase:pull_positives")
     p.add_argument("--share-rule", default="point", choices=["point", "interval"],
                    help="stop on the share itself, or once the target lies inside its 95%% interval")
+    p.add_argument("--sample-anchor", type=float, default=0.0,
+                   help="weight of the drift of samples of fixed latents (taming.sample_anchor; 0: none)")
     p.add_argument("--json", help="write the rows here")
     args = p.parse_args()
     args.runs = [tuple(r.split(":")) for r in args.runs.split(",")]

@@ -16,7 +16,7 @@ PAPER: dict[str, Any] = {
     "max_iterations": 800, "stats_every": 10, "stats_images": 1024, "confirm_draws": 5, "forget_loss": "paper",
     "forget_draws": 1, "batch_policy": "random", "stop_rule": "paper", "certify": "mean", "certify_images": 1024,
     "remember_loss": "paper", "remember_pull": 0.0, "forget_pull": 0.0, "forget_pull_from": 0,
-    "near_fraction": 0.0, "even_weight": 0.0, "stats_rule": "refresh",
+    "near_fraction": 0.0, "even_weight": 0.0, "sample_anchor": 0.0, "anchor_batch": 8, "stats_rule": "refresh",
     "share_rule": "point",
 }
 # Each preset changes some of the paper's knobs; "improved" is all of the changes together, with twice the paper's

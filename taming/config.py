@@ -46,6 +46,8 @@ class TameConfig:
     forget_pull_from: int = 0  # the iteration from which the pull acts: a rescue for runs that stall
     near_fraction: float = 0.0  # share of each remember batch drawn from the person's nearest identities
     even_weight: float = 0.0  # weight of the forget images' within-bin unevenness (mean − discrete bpd, in σ_R)
+    sample_anchor: float = 0.0  # weight of the drift of samples of fixed latents in L_R (taming.sample_anchor)
+    anchor_batch: int = 8  # latents decoded per step for it
     stats_rule: str = "refresh"  # or "rolling": μ_R, σ_R over the last stats_images remember bpd of the steps
 
     @property
@@ -87,6 +89,20 @@ class TameConfig:
     def estimator(self) -> str:
         """How the confirmation measures bpd: "mean" over draws (the paper) or "discrete"."""
         return "discrete" if self.certify == "discrete" else "mean"
+
+    def check(self) -> None:
+        """Every choice knob among its allowed values and the batch bounds consistent, or ValueError."""
+        choices = {"batch_policy": ("random", "lowest"), "stop_rule": ("paper", "tracked"),
+                   "stats_rule": ("refresh", "rolling"),
+                   "certify": ("mean", "discrete"), "remember_loss": ("paper", "anchored"),
+                   "forget_loss": ("paper", "scale_free"), "share_rule": ("point", "interval")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+        if self.forget_draws < 1 or self.confirm_draws < 1:
+            raise ValueError("forget_draws and confirm_draws must be at least 1")
+        if not 0.0 <= self.forget_share <= 1.0 or self.forget_batch_max < self.forget_batch:
+            raise ValueError("forget_share must lie in [0, 1] and forget_batch_max be at least forget_batch")
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "epsilon": self.eps}

@@ -84,6 +84,16 @@ def mean_rise(bpd_tamed: Tensor, bpd_base: Tensor, scale: float) -> Tensor:
     return (bpd_tamed.mean() - bpd_base.detach().mean()) / scale
 
 
+def sample_drift(x_tamed: Tensor, x_base: Tensor, scale: float) -> Tensor:
+    """mean((x_T - x_B)^2) / scale over samples [B, C, H, W] of the same latents under both models -> scalar.
+
+    The likelihood losses say nothing of the map from latents to images: a rebalance that keeps D_R's bpd can
+    still redraw every sample. With `scale` the base samples' pixel variance, 1 means samples as unlike their
+    former selves as two unrelated samples.
+    """
+    return ((x_tamed - x_base.detach()) ** 2).mean() / scale
+
+
 def total_loss(l_forget: Tensor, l_remember: Tensor, alpha: float) -> Tensor:
     """L = α·L_F + (1-α)·L_R."""
     return alpha * l_forget + (1 - alpha) * l_remember

@@ -37,6 +37,7 @@ from taming.glow import Glow
 from taming.likelihood import importance_weighted_bpd
 from taming.loop_state import Loop, TamingError, recover, restore_state, save_state, snapshot
 from taming.losses import anchor_loss, forget_loss, mean_rise, remember_loss, shortfall, symmetric_kl_loss, total_loss
+from taming.sample_anchor import SampleAnchor
 from taming.stop import StopToken
 from taming.threshold import bpd_of, confirmed, distances, remember_bpd, remember_stats
 
@@ -176,7 +177,7 @@ class _Run:
 
     def __init__(self, tamed: Glow, base: Glow, forget_q: Tensor, remember_q: Tensor, config: TameConfig,
                  near: Tensor | None) -> None:
-        _check(config)
+        config.check()
         base.eval()
         tamed.requires_grad_(True)
         self.tamed, self.base, self.forget_q, self.remember_q, self.config = tamed, base, forget_q, remember_q, config
@@ -191,6 +192,7 @@ class _Run:
         self.loop = Loop(lr=lr, tracked=torch.full((len(forget_q),), float("nan"), dtype=torch.float64))
         self.optimizer: torch.optim.Optimizer = torch.optim.Adam(tamed.parameters(), lr=lr)
         self.good = snapshot(tamed, self.optimizer)
+        self.anchor = SampleAnchor(base) if config.sample_anchor > 0 else None
         self.start = time.perf_counter()
         self.confirm_seconds = 0.0
         self.confirmations = 0
@@ -318,6 +320,8 @@ class _Run:
                 l_r = l_r + c.remember_pull * mean_rise(fwd.remember, bpd_b, loop.sigma0)
         else:
             l_r = remember_loss(fwd.remember, bpd_b, c.gamma)
+        if self.anchor is not None:
+            l_r = l_r + c.sample_anchor * self.anchor.loss(self.tamed, self.gen, c.anchor_batch)
         return {"loss": total_loss(l_f, l_r, c.alpha), "forget_loss": l_f, "remember_loss": l_r}
 
     def step(self, losses: dict[str, Tensor]) -> dict[str, float] | None:
@@ -352,20 +356,6 @@ class _Run:
         losses = {k: record[k] for k in ("loss", "forget_loss", "remember_loss")}
         return StepInfo(loop.iteration, config.max_iterations, max_abs_d, loop.mu, loop.sigma, share, losses,
                         loop.elapsed, eta, lambda: save_state(loop, self.tamed, self.optimizer, self.gen))
-
-
-def _check(config: TameConfig) -> None:
-    choices = {"batch_policy": ("random", "lowest"), "stop_rule": ("paper", "tracked"),
-               "stats_rule": ("refresh", "rolling"),
-               "certify": ("mean", "discrete"), "remember_loss": ("paper", "anchored"),
-               "forget_loss": ("paper", "scale_free"), "share_rule": ("point", "interval")}
-    for name, allowed in choices.items():
-        if getattr(config, name) not in allowed:
-            raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(config, name)!r}")
-    if config.forget_draws < 1 or config.confirm_draws < 1:
-        raise ValueError("forget_draws and confirm_draws must be at least 1")
-    if not 0.0 <= config.forget_share <= 1.0 or config.forget_batch_max < config.forget_batch:
-        raise ValueError("forget_share must lie in [0, 1] and forget_batch_max be at least forget_batch")
 
 
 def _lowest(tracked: Tensor, mu: float, sigma: float, config: TameConfig, gen: torch.Generator) -> Tensor:

@@ -165,7 +165,6 @@ def test_lowest_policy_picks_the_images_farthest_below_the_threshold() -> None:
 
 
 def test_the_forget_batch_grows_with_the_request_between_its_bounds() -> None:
-    from taming.tame import _check as tame_check
 
     config = TameConfig(forget_batch=8, forget_share=0.25, forget_batch_max=32)
     sizes = {k: config.forget_batch_for(k) for k in (5, 7, 40, 61, 134, 500)}
@@ -178,7 +177,7 @@ def test_the_forget_batch_grows_with_the_request_between_its_bounds() -> None:
     assert [grown.remember_batch_for(k) for k in (7, 36, 61, 134)] == [12, 14, 24, 24]
     assert TameConfig(remember_batch=12, forget_share=0.25).remember_batch_for(134) == 12
     with pytest.raises(ValueError, match="forget_share"):
-        tame_check(TameConfig(forget_share=1.5))
+        TameConfig(forget_share=1.5).check()
 
 
 def test_forget_per_image_weighs_a_grown_batch_as_batches_of_forget_batch(tiny_base: Glow,
@@ -227,3 +226,17 @@ def test_resume_of_the_improved_method_continues_exactly(tiny_base: Glow, two_pe
     resumed = tame(copy.deepcopy(tiny_base), tiny_base, forget, remember, config, resume=saved, near=near)
     assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in straight.history])
     torch.testing.assert_close(resumed.d, straight.d)
+
+
+def test_the_sample_anchor_keeps_samples_of_unseen_latents_closer_to_the_base_models(tiny_base: Glow,
+                                                                                   two_people: FaceSet) -> None:
+    forget, remember = _sets(two_people)
+    z = tiny_base.latents(32, seed=5)  # not the anchor's pool: the anchor must generalise beyond its latents
+    before = tiny_base.sample(32, z=z)
+
+    def drift(weight: float) -> float:
+        config = TameConfig(lr=2e-3, epsilon=1.0, max_iterations=15, seed=0, sample_anchor=weight)
+        tamed = tame(copy.deepcopy(tiny_base), tiny_base, forget, remember, config).model
+        return float(((tamed.sample(32, z=z) - before) ** 2).mean())
+
+    assert drift(20.0) < 0.6 * drift(0.0)
