@@ -104,6 +104,13 @@ class BaseCache:
         self.values.update({(draws, int(k)): float(v) for k, v in zip(keys.tolist(), values.tolist(), strict=True)})
         self.dirty = True
 
+    def drop(self, keys: Tensor) -> None:
+        """Forget every value of the images with these keys [N] (a forgotten person's leave the cache too)."""
+        gone = set(keys.tolist())
+        kept = {dk: v for dk, v in self.values.items() if dk[1] not in gone}
+        self.dirty = self.dirty or len(kept) < len(self.values)
+        self.values = kept
+
     def save(self) -> None:
         if self.path is None or not self.dirty:
             return
@@ -114,6 +121,18 @@ class BaseCache:
                  bpd=np.array(list(self.values.values()), dtype=np.float64))
         tmp.replace(self.path)
         self.dirty = False
+
+
+def warm_base_cache(base: nn.Module, sets: dict[str, Tensor], n_bits: int, cache: BaseCache, *, draws: int = 5,
+                    seed: int = 0, batch_size: int = INFERENCE_BATCH) -> None:
+    """Measure the base model's figures of reference sets (name -> quantized images [N, C, H, W]) into `cache`,
+    as `evaluate_sets` would: the same subset by content and draws. A job's sets are these minus its person, so
+    only the images that replace the person's in a subset are measured again."""
+    for images in sets.values():
+        keys = image_keys(images)
+        idx = _subset(keys, MAX_REFERENCE, seed)
+        k = draws if len(images) <= LARGE_SET else min(draws, LARGE_SET_DRAWS)
+        cache.mean_bpd(base, images[idx], keys[idx], n_bits, k, seed, batch_size)
 
 
 def _reference_stats(bpd: Tensor, key: str) -> dict[str, float]:

@@ -21,7 +21,7 @@ from torch import Tensor
 from rules.report_schema import Report
 from taming.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from taming.data import DataError, FaceSet, quantize, screen
-from taming.evaluate import BaseCache, sample_frechet
+from taming.evaluate import BaseCache, sample_frechet, warm_base_cache
 from taming.features import (
     Embedder,
     FeatureSpace,
@@ -31,6 +31,7 @@ from taming.features import (
     save_embedder,
 )
 from taming.glow import Glow
+from taming.likelihood import image_keys
 from taming.measure import probe_samples
 from taming.precision import Precision
 from taming.report import render_html
@@ -94,6 +95,8 @@ def _reports(planned: list[Planned], context: RunContext, rebalance: Rebalance |
                                                                           shares)
     for cache in (context.base_cache, context.next_cache):
         if cache is not None:
+            for faces in context.gone:
+                cache.drop(image_keys(quantize(faces.images, context.base.config.n_bits)))
             cache.save()
     phase("reporting")
     with context.stages("html"):
@@ -130,6 +133,7 @@ def run_requests(
     if rebalance is not None:
         requests, remember, config = _rebalance_sets(requests, rebalance, config)
     else:  # everyone being forgotten leaves the report's other sets
+        reference = remember
         remember, remember_holdout, unseen = _others(remember, remember_holdout, unseen, requests)
     planned, forget_u8 = _plan(requests)
     shares = _share_run(rebalance, base, config.share_rule) if rebalance else None
@@ -145,9 +149,17 @@ def run_requests(
                               rebalance is None, cache_dir, stages)
     context = RunContext(base, result, config, remember, remember_holdout, unseen, space, sha,
                          {"parent_sha256": parent_sha, **(model_meta or {})}, device, started, stages, frechet,
-                         probe, _base_cache(cache_dir, parent_sha), precision.describe(), _base_cache(cache_dir, sha))
+                         probe, _base_cache(cache_dir, parent_sha), precision.describe(), _base_cache(cache_dir, sha),
+                         gone=_gone(reference, remember, requests) if rebalance is None else [])
     reports, html = _reports(planned, context, rebalance, shares, phase)
     return PipelineResult(sha, result.criterion_met, result.iterations, reports, html, stages.seconds)
+
+
+def _gone(reference: FaceSet, remember: FaceSet, requests: list[Request]) -> list[FaceSet]:
+    """The images of the people being forgotten: the requests' photos and the reference set's images of them."""
+    left = set(remember.sha256)
+    removed = reference.subset(np.array([h not in left for h in reference.sha256], dtype=bool))
+    return [removed, *(r.forget for r in requests), *(r.holdout for r in requests if r.holdout is not None)]
 
 
 def _base_cache(cache_dir: Path | None, sha256: str) -> BaseCache | None:
@@ -248,6 +260,20 @@ def _rebalance_sets(requests: list[Request], rebalance: Rebalance,
         raise DataError(str(exc)) from None
     requests = [replace(r, forget=chosen.forget) for r in requests]
     return requests, chosen.remember, run_config(config, chosen, rebalance.target_share, rebalance.direction)
+
+
+def prepare_version(checkpoint: Path, remember: FaceSet, cache_dir: Path, *others: FaceSet | None) -> None:
+    """What every job on this version would otherwise measure first, measured once into `cache_dir`: the feature
+    network (once per model) and the base model's figures of the reference sets (remember and `others`, e.g. the
+    remember holdout and unseen people)."""
+    features_for(remember, cache_dir)
+    base, _ = load_checkpoint(checkpoint)
+    n_bits = base.config.n_bits
+    sets = {str(i): quantize(faces.images, n_bits) for i, faces in enumerate((remember, *others)) if faces is not None}
+    cache = _base_cache(cache_dir, file_sha256(checkpoint))
+    assert cache is not None
+    warm_base_cache(base, sets, n_bits, cache)
+    cache.save()
 
 
 def features_for(remember: FaceSet, cache_dir: Path | None) -> FeatureSpace:

@@ -62,6 +62,7 @@ class RunContext:
     base_cache: BaseCache | None = None  # the base model's figures of images measured for this version before
     precision: str = "fp32"  # taming.precision.Precision.describe()
     next_cache: BaseCache | None = None  # receives the tamed model's: the base figures of the version it becomes
+    gone: list[FaceSet] = field(default_factory=list)  # the forgotten people's images: their cached figures go
 
 
 def report_for(plan: Planned, c: RunContext, measured: dict[str, tuple[Tensor, Tensor]], rebalance: Rebalance | None,

@@ -243,3 +243,23 @@ def test_the_pipeline_announces_its_phases_and_names_each_quantiles_reference(
     reference = result.reports["r"].metrics["quantile_reference"]
     assert reference["forget_holdout"] == reference["remember_holdout"] == "remember_holdout"
     assert reference["forget"] == reference["remember"] == "remember"
+
+
+def test_a_prepared_version_leaves_a_job_nothing_to_measure_on_the_base_and_forgets_the_person(
+        workspace: Path, two_people: FaceSet, tmp_path: Path) -> None:
+    from taming.evaluate import BaseCache
+    from taming.likelihood import image_keys
+    from taming.pipeline import Request, prepare_version, run_requests
+    from taming.tame import TameConfig
+
+    base = workspace / "base.safetensors"
+    prepare_version(base, two_people, tmp_path)
+    cache_file = tmp_path / f"base-bpd-{file_sha256(base)[:16]}.npz"
+    prepared = set(BaseCache(cache_file).values)
+    forget = two_people.subset(np.flatnonzero(two_people.identity == 0)[:3])
+    run_requests(base, two_people, [Request("a", forget)], TameConfig(max_iterations=1), tmp_path / "a.safetensors",
+                 cache_dir=tmp_path)
+    after = set(BaseCache(cache_file).values)
+    assert after <= prepared  # nothing measured again on the base model
+    person0 = set(image_keys(quantize(two_people.subset(two_people.identity == 0).images, 5)).tolist())
+    assert {k for _, k in after} == {k for _, k in prepared} - person0  # and the forgotten person's figures left
