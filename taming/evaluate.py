@@ -57,7 +57,7 @@ def quantiles(values: Tensor, mu: float, sigma: float) -> Tensor:
     return 0.5 * torch.special.erfc(z / math.sqrt(2.0))
 
 
-def _subset(keys: Tensor, limit: int, seed: int) -> Tensor:
+def subset_by_content(keys: Tensor, limit: int, seed: int) -> Tensor:
     """Indices of at most `limit` of the images with content keys `keys` [N] -> [n] (sorted): all when there are
     no more, else those whose keys rank first once mixed with the seed.
 
@@ -130,7 +130,7 @@ def warm_base_cache(base: nn.Module, sets: dict[str, Tensor], n_bits: int, cache
     only the images that replace the person's in a subset are measured again."""
     for images in sets.values():
         keys = image_keys(images)
-        idx = _subset(keys, MAX_REFERENCE, seed)
+        idx = subset_by_content(keys, MAX_REFERENCE, seed)
         k = draws if len(images) <= LARGE_SET else min(draws, LARGE_SET_DRAWS)
         cache.mean_bpd(base, images[idx], keys[idx], n_bits, k, seed, batch_size)
 
@@ -155,7 +155,7 @@ def _measure(base: nn.Module, tamed: nn.Module, images: Tensor, n_bits: int, dra
     """(bpd under base, bpd under tamed) of one set, subsampled and with fewer draws when large; the tamed values
     go into `tamed_cache` when given."""
     keys = image_keys(images)
-    idx = _subset(keys, MAX_REFERENCE, seed)
+    idx = subset_by_content(keys, MAX_REFERENCE, seed)
     images, keys = images[idx], keys[idx]
     k = draws if len(images) <= LARGE_SET else min(draws, LARGE_SET_DRAWS)
     before = (base_cache.mean_bpd(base, images, keys, n_bits, k, seed, batch_size) if base_cache is not None
@@ -183,7 +183,8 @@ def evaluate_sets(
     """Evaluate base and tamed models on the named image sets.
 
     sets: name -> quantized images [N_s, C, H, W]; names among ALL_SETS are evaluated, others ignored.
-        `sets[reference_key]` must be present; sets larger than MAX_REFERENCE images are subsampled (seeded);
+        `sets[reference_key]` must be present; sets larger than MAX_REFERENCE images are subsampled
+        (subset_by_content);
         sets larger than LARGE_SET get LARGE_SET_DRAWS draws instead of `draws`.
     base_cache: the base model's values of images measured before (the same version's earlier reports).
     tamed_cache: receives the tamed model's values of CARRIED_SETS (the next version's base figures).
@@ -263,7 +264,7 @@ def discrete_likelihood(
     for name in ("forget", "forget_holdout"):
         if name not in sets or sets[name].shape[0] == 0:
             continue
-        images = sets[name][_subset(image_keys(sets[name]), limit, seed)]
+        images = sets[name][subset_by_content(image_keys(sets[name]), limit, seed)]
         dims = images[0].numel()
         before = bpd_draws(base, images, n_bits, draws, seed, batch_size=batch_size)
         after = bpd_draws(tamed, images, n_bits, draws, seed, batch_size=batch_size)

@@ -14,11 +14,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from taming.data import quantize
-from taming.evaluate import MAX_REFERENCE, mean_bpd, quantiles
+from taming.evaluate import MAX_REFERENCE, mean_bpd, quantiles, subset_by_content
+from taming.likelihood import image_keys
 
 DEFAULT_DELTA = 4.0  # DESIGN.md section 4
 DRAWS = 5
@@ -79,14 +79,12 @@ class Verdict:
 
 
 def remember_stats(model: nn.Module, remember_u8: Tensor, n_bits: int) -> RememberStats:
-    """μ_R, σ_R of up to 10,000 remember images uint8 [N, C, H, W] (a seeded subset when more), 5 draws."""
-    images = remember_u8
-    if images.shape[0] > MAX_REFERENCE:  # the same seeded subset as taming.evaluate uses
-        gen = torch.Generator().manual_seed(SEED)
-        images = images[torch.randperm(images.shape[0], generator=gen)[:MAX_REFERENCE].sort().values]
+    """μ_R, σ_R of up to MAX_REFERENCE remember images uint8 [N, C, H, W] (a subset by content when more), 5 draws."""
+    images = quantize(remember_u8, n_bits)
+    images = images[subset_by_content(image_keys(images), MAX_REFERENCE, SEED)]  # the subset taming.evaluate uses
     if images.shape[0] < 2:
         raise ValueError("the remember set needs at least 2 images to estimate μ_R and σ_R")
-    bpd = mean_bpd(model, quantize(images, n_bits), n_bits, DRAWS, SEED)
+    bpd = mean_bpd(model, images, n_bits, DRAWS, SEED)
     return RememberStats(float(bpd.mean()), float(bpd.std()), int(bpd.numel()))
 
 

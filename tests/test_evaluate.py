@@ -190,17 +190,17 @@ def test_keyed_noise_makes_an_image_s_bpd_independent_of_its_set(model: Glow) ->
 
 
 def test_a_large_sets_subset_keeps_its_images_when_others_leave() -> None:
-    from taming.evaluate import _subset
+    from taming.evaluate import subset_by_content
     from taming.likelihood import image_keys
 
     keys = image_keys(_images(40, 6))
-    chosen = set(keys[_subset(keys, 10, 0)].tolist())
+    chosen = set(keys[subset_by_content(keys, 10, 0)].tolist())
     fewer = keys[5:]  # five images leave the set, as a forgotten person's do
-    still = set(fewer[_subset(fewer, 10, 0)].tolist())
+    still = set(fewer[subset_by_content(fewer, 10, 0)].tolist())
     assert len(chosen) == len(still) == 10
     assert chosen - still <= set(keys[:5].tolist())  # only the images that left were replaced
-    assert set(keys[_subset(keys, 10, 1)].tolist()) != chosen  # another seed, another subset
-    assert len(_subset(keys[:7], 10, 0)) == 7
+    assert set(keys[subset_by_content(keys, 10, 1)].tolist()) != chosen  # another seed, another subset
+    assert len(subset_by_content(keys[:7], 10, 0)) == 7
 
 
 def test_base_cache_gives_what_a_fresh_measurement_gives(model: Glow, tmp_path) -> None:
