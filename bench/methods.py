@@ -148,7 +148,8 @@ def main() -> None:
                 failed.append(f"{person} {label}: " + "; ".join(missed))
             timing = report["timing"]
             print(f"<!-- {person} {method}: {time.perf_counter() - started:.0f} s; {timing.get('confirmations')} "
-                  f"confirmations, {timing.get('confirm_seconds') or 0:.0f} s; stages {timing.get('stages')} -->",
+                  f"confirmations ({timing.get('screened')} screened out), {timing.get('confirm_seconds') or 0:.0f} s; "
+                  f"stages {timing.get('stages')} -->",
                   file=sys.stderr, flush=True)
     print("\nall bars hold" if not failed else "\nbars missed:\n" + "\n".join(failed))
 

@@ -65,6 +65,7 @@ class Timing(_Section):
     tame_seconds: float | None = None
     confirm_seconds: float | None = None  # of tame_seconds
     confirmations: int | None = None  # stops measured on fresh statistics, the confirmed one included
+    screened: int | None = None  # of them, refused on the forget images alone (taming.confirm)
     stages: dict[str, float] = {}  # seconds per stage of the run
     iterations_per_second: float | None = None
     device: str | None = None

@@ -34,6 +34,8 @@ class Loop:
     cursor: int = 0  # where the rotating re-measurement of tracked estimates goes on
     window: Tensor = field(default_factory=lambda: torch.zeros(0))  # rolling remember bpd (stats_rule "rolling")
     slot: int = 0  # where the next remember bpd goes in the window
+    # the last confirmation's μ_R, σ_R (certifying estimator), the loop's own μ_R, σ_R then, and its iteration
+    certified: tuple[float, float, float, float, int] | None = None
 
 
 def snapshot(model: Glow, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -75,6 +77,7 @@ def save_state(loop: Loop, model: Glow, optimizer: torch.optim.Optimizer, gen: t
         "cursor": loop.cursor,
         "window": loop.window.clone(),
         "slot": loop.slot,
+        "certified": list(loop.certified) if loop.certified is not None else None,
     }
 
 
@@ -89,4 +92,7 @@ def restore_state(state: dict[str, Any], model: Glow, optimizer: torch.optim.Opt
     if "tracked" in state:
         loop.tracked, loop.cursor = state["tracked"].clone(), int(state["cursor"])
         loop.window, loop.slot = state["window"].clone(), int(state["slot"])
+    if state.get("certified") is not None:
+        mu, sigma, loop_mu, loop_sigma, at = state["certified"]
+        loop.certified = (float(mu), float(sigma), float(loop_mu), float(loop_sigma), int(at))
     return loop

@@ -189,7 +189,8 @@ def _timing(c: RunContext) -> Timing:
     wall = time.perf_counter() - c.started
     tame_s = c.result.wall_seconds
     return Timing(wall_seconds=wall, tame_seconds=tame_s, confirm_seconds=c.result.confirm_seconds,
-                  confirmations=c.result.confirmations, stages=dict(c.stages.seconds),
+                  confirmations=c.result.confirmations, screened=c.result.screened,
+                  stages=dict(c.stages.seconds),
                   iterations_per_second=c.result.iterations / tame_s if tame_s > 0 else None,
                   device=c.device if c.device != "cpu" else f"cpu ({platform.processor() or platform.machine()})",
                   precision=c.precision)

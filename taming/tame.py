@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from taming.config import TameConfig, method_config
+from taming.confirm import Final, measure_stop
 from taming.data import dequantize
 from taming.device import to_device
 from taming.glow import Glow
@@ -77,6 +78,7 @@ class TameResult:
     wall_seconds: float = 0.0
     confirm_seconds: float = 0.0  # of wall_seconds, spent confirming stops on fresh statistics
     confirmations: int = 0  # stops confirmed or refused on fresh statistics (the cap's final measurement included)
+    screened: int = 0  # of the confirmations, those refused on the forget images alone (taming.confirm)
     stopped: bool = False  # ended early by its StopToken: nothing of it is final (d and bpd_forget are NaN)
 
 
@@ -89,14 +91,6 @@ class _Pass:
     uneven: Tensor
     remember: Tensor
     x_remember: Tensor
-
-
-@dataclass
-class _Final:
-    d: Tensor
-    bpd: Tensor
-    mu: float
-    sigma: float
 
 
 def tame(
@@ -148,7 +142,8 @@ def tame(
             if on_step is not None:
                 on_step(run.info(max_abs_d, share, record))
     return TameResult(tamed, met, run.loop.iteration, _reason(met, capped), final.d, final.bpd, final.mu, final.sigma,
-                      share, run.loop.history, time.perf_counter() - run.start, run.confirm_seconds, run.confirmations)
+                      share, run.loop.history, time.perf_counter() - run.start, run.confirm_seconds, run.confirmations,
+                      run.screened)
 
 
 def _stopped(run: _Run, share: float | None) -> TameResult:
@@ -159,11 +154,11 @@ def _stopped(run: _Run, share: float | None) -> TameResult:
 
 
 def _confirm(run: _Run, share: float | None, capped: bool, share_stop: Callable[[float], bool] | None,
-             on_phase: Callable[[str], None] | None) -> tuple[bool, _Final]:
+             on_phase: Callable[[str], None] | None) -> tuple[bool, Final]:
     """Confirm a stop on fresh statistics; an unconfirmed one goes on iterating with them."""
     if on_phase is not None:
         on_phase("confirming")
-    final = run.confirm()
+    final = run.confirm(screen=share is None and not capped)
     met = _share_reached(share, run.config, share_stop) if share is not None else confirmed(final.d, run.config)
     if not (met or capped):
         run.adopt(final)
@@ -196,6 +191,7 @@ class _Run:
         self.start = time.perf_counter()
         self.confirm_seconds = 0.0
         self.confirmations = 0
+        self.screened = 0  # of the confirmations, those refused on the forget images alone
 
     def begin(self) -> None:
         values = remember_bpd(self.tamed, self.remember_q, self.gen, self.config.stats_images)
@@ -279,22 +275,19 @@ class _Run:
             return distances(bpd_f.detach().double().cpu(), self.loop.mu, self.loop.sigma, c)
         return distances(bpd_of(self.tamed, self.forget_q, self.gen), self.loop.mu, self.loop.sigma, c)
 
-    def confirm(self) -> _Final:
-        """Fresh μ_R, σ_R and the forget images' bpd over confirm_draws draws, by the certifying estimator."""
-        started, c = time.perf_counter(), self.config
+    def confirm(self, screen: bool = False) -> Final:
+        """The stop's measurement on fresh statistics (taming.confirm), timed and counted."""
+        started = time.perf_counter()
         try:
-            return self._confirm(c)
+            final, screened = measure_stop(self.tamed, self.forget_q, self.remember_q, self.gen, self.config,
+                                           self.loop, screen)
+            self.screened += screened
+            return final
         finally:
             self.confirm_seconds += time.perf_counter() - started
             self.confirmations += 1
 
-    def _confirm(self, c: TameConfig) -> _Final:
-        draws = c.confirm_draws if c.estimator == "discrete" else 1
-        mu, sigma = remember_stats(self.tamed, self.remember_q, self.gen, c.certify_images, draws, c.estimator)
-        bpd = bpd_of(self.tamed, self.forget_q, self.gen, c.confirm_draws, c.estimator)
-        return _Final(distances(bpd, mu, sigma, c), bpd, mu, sigma)
-
-    def adopt(self, final: _Final) -> None:
+    def adopt(self, final: Final) -> None:
         self.loop.mu, self.loop.sigma = final.mu, final.sigma
         if self.config.stop_rule == "tracked":
             self.loop.tracked = final.bpd.clone()

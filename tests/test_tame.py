@@ -240,3 +240,36 @@ def test_the_sample_anchor_keeps_samples_of_unseen_latents_closer_to_the_base_mo
         return float(((tamed.sample(32, z=z) - before) ** 2).mean())
 
     assert drift(20.0) < 0.6 * drift(0.0)
+
+
+def test_a_screened_stop_is_refused_on_the_forget_images_and_a_passed_one_measured_afresh(
+        tiny_base: Glow, two_people: FaceSet) -> None:
+    from taming.confirm import SCREEN_FOR, measure_stop
+    from taming.loop_state import Loop
+
+    forget, remember = _sets(two_people)
+    config = TameConfig(epsilon=1.0, confirm_draws=2)
+    bpd = bpd_of(tiny_base, forget, torch.Generator().manual_seed(0), 2)
+    first, refused = measure_stop(tiny_base, forget, remember, torch.Generator().manual_seed(0), config, Loop(), True)
+    assert not refused and torch.equal(first.bpd, bpd_of(tiny_base, forget, _after_stats(remember, config), 2))
+    # a confirmation at iteration 10 put the threshold past every forget image; the loop's μ_R has since risen 1
+    far = (float(bpd.max()) + 10.0, 0.5, 3.0, 0.25, 10)
+    loop = Loop(iteration=20, mu=4.0, sigma=0.5, certified=far)
+    final, refused = measure_stop(tiny_base, forget, remember, torch.Generator().manual_seed(0), config, loop, True)
+    assert refused and loop.certified == far and not confirmed(final.d, config)
+    assert (final.mu, final.sigma) == (far[0] + 1.0, 1.0)  # carried forward as the loop's estimates moved
+    loop = Loop(iteration=10 + SCREEN_FOR, mu=3.0, sigma=0.25, certified=far)  # too old to screen with
+    final, refused = measure_stop(tiny_base, forget, remember, torch.Generator().manual_seed(0), config, loop, True)
+    assert not refused and loop.certified[:2] == (final.mu, final.sigma)
+    near = (float(bpd.min()) - 10.0, 0.5, 3.0, 0.25, 10)  # every forget image past it: measured afresh
+    loop = Loop(iteration=20, mu=3.0, sigma=0.25, certified=near)
+    final, refused = measure_stop(tiny_base, forget, remember, torch.Generator().manual_seed(0), config, loop, True)
+    assert not refused and loop.certified == (final.mu, final.sigma, 3.0, 0.25, 20)
+
+
+def _after_stats(remember: torch.Tensor, config: TameConfig) -> torch.Generator:
+    """A generator in the state a full confirmation leaves it in after measuring the remember side."""
+    gen = torch.Generator().manual_seed(0)
+    remember_stats(Glow(GlowConfig(in_channel=1, img_size=16, n_flow=1, n_block=1, hidden=4, n_bits=5)), remember,
+                   gen, config.certify_images)
+    return gen
