@@ -27,6 +27,7 @@ class TameConfig:
     stats_every: int = 10  # re-estimate μ_R, σ_R every this many iterations
     stats_images: int = 1024
     confirm_draws: int = 5
+    confirm_gap: int = 0  # iterations after a refused stop candidate before the next one is measured
     forget_loss: str = "paper"  # or "scale_free": sigmoid((Δ / (δ·σ_R))^2)
     seed: int = 0
     max_nan_events: int = 3

@@ -34,6 +34,7 @@ class Loop:
     cursor: int = 0  # where the rotating re-measurement of tracked estimates goes on
     window: Tensor = field(default_factory=lambda: torch.zeros(0))  # rolling remember bpd (stats_rule "rolling")
     slot: int = 0  # where the next remember bpd goes in the window
+    refused_at: int = -(10**9)  # iteration of the last stop candidate refused on fresh statistics
     # the last confirmation's μ_R, σ_R (certifying estimator), the loop's own μ_R, σ_R then, and its iteration
     certified: tuple[float, float, float, float, int] | None = None
 
@@ -78,6 +79,7 @@ def save_state(loop: Loop, model: Glow, optimizer: torch.optim.Optimizer, gen: t
         "window": loop.window.clone(),
         "slot": loop.slot,
         "certified": list(loop.certified) if loop.certified is not None else None,
+        "refused_at": loop.refused_at,
     }
 
 
@@ -92,6 +94,7 @@ def restore_state(state: dict[str, Any], model: Glow, optimizer: torch.optim.Opt
     if "tracked" in state:
         loop.tracked, loop.cursor = state["tracked"].clone(), int(state["cursor"])
         loop.window, loop.slot = state["window"].clone(), int(state["slot"])
+    loop.refused_at = int(state.get("refused_at", loop.refused_at))
     if state.get("certified") is not None:
         mu, sigma, loop_mu, loop_sigma, at = state["certified"]
         loop.certified = (float(mu), float(sigma), float(loop_mu), float(loop_sigma), int(at))

@@ -132,10 +132,12 @@ def tame(
         d_all = run.check(forget_idx, fwd.forget)
         max_abs_d = d_all.abs().max().item()
         capped = it >= config.max_iterations
-        if _should_stop(d_all, share, config, share_stop) or capped:
+        waited = it - run.loop.refused_at >= config.confirm_gap
+        if (waited and _should_stop(d_all, share, config, share_stop)) or capped:
             met, final = _confirm(run, share, capped, share_stop, on_phase)
             if met or capped:
                 break
+            run.loop.refused_at = it
         values = run.step(run.losses(fwd))
         if values is not None:
             record = run.record(values, max_abs_d, share)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 
 import pytest
 import torch
@@ -273,3 +274,21 @@ def _after_stats(remember: torch.Tensor, config: TameConfig) -> torch.Generator:
     remember_stats(Glow(GlowConfig(in_channel=1, img_size=16, n_flow=1, n_block=1, hidden=4, n_bits=5)), remember,
                    gen, config.certify_images)
     return gen
+
+
+def test_a_refused_stop_waits_confirm_gap_iterations_before_the_next_is_measured(tiny_base: Glow,
+                                                                                 two_people: FaceSet) -> None:
+    from taming.tame import method_config
+
+    x = quantize(two_people.images, 5)
+    seen: list[int] = [0]
+    measured: list[int] = []
+    # ε 0.5: a tolerance these 12 images do not reach in 60 iterations, so candidates keep being refused
+    config = method_config("improved", lr=2e-3, epsilon=0.5, max_iterations=60, forget_batch=4, confirm_draws=8,
+                           certify_images=20, confirm_gap=5)
+    result = tame(copy.deepcopy(tiny_base), tiny_base, x[:12], x[20:], config,
+                  on_step=lambda info: seen.append(info.iteration),
+                  on_phase=lambda name: measured.append(seen[-1]) if name == "confirming" else None)
+    before_cap = [i for i in measured if i < config.max_iterations]  # the cap's final measurement waits for nothing
+    assert result.confirmations == len(measured) and len(before_cap) >= 3
+    assert all(b - a >= 5 for a, b in itertools.pairwise(before_cap))
