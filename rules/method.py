@@ -45,6 +45,7 @@ METHODS: dict[str, dict[str, Any]] = {
 # +1.83% instead of +0.87%), and from 400 Hugo_Chavez's (+1.36%), so it only rescues runs still going at 600.
 # confirm_gap 10: the tracked candidates (4 draws) read a little higher than the certificate (16 draws), so a
 # refused candidate came back almost every step: Laura_Bush's 33 photos were measured 20 times (71 of 268 s).
+# On tiny noisy test models (lr 2e-3) whether a gap of 5 or 10 lets a run confirm in 200 iterations is chance.
 # remember_with_batch: the remember batch grows with the forget batch (12 at 8 to 24 at 16). On the base of
 # 2026-12-03, Tony_Blair's 134 photos went from BPD(D_R) +1.11% to +0.86% and Colin_Powell's 226 from +1.89% to
 # +1.00% (rise kept 92% -> 95%), both still confirmed (610 and 603 iterations). Requests of up to 32 photos keep 12.

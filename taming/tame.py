@@ -132,20 +132,22 @@ def tame(
         d_all = run.check(forget_idx, fwd.forget)
         max_abs_d = d_all.abs().max().item()
         capped = it >= config.max_iterations
-        waited = it - run.loop.refused_at >= config.confirm_gap
-        if (waited and _should_stop(d_all, share, config, share_stop)) or capped:
+        if run.candidate(d_all, share, share_stop) or capped:
             met, final = _confirm(run, share, capped, share_stop, on_phase)
             if met or capped:
                 break
-            run.loop.refused_at = it
         values = run.step(run.losses(fwd))
         if values is not None:
             record = run.record(values, max_abs_d, share)
             if on_step is not None:
                 on_step(run.info(max_abs_d, share, record))
-    return TameResult(tamed, met, run.loop.iteration, _reason(met, capped), final.d, final.bpd, final.mu, final.sigma,
-                      share, run.loop.history, time.perf_counter() - run.start, run.confirm_seconds, run.confirmations,
-                      run.screened)
+    return _result(run, met, capped, final, share)
+
+
+def _result(run: _Run, met: bool, capped: bool, final: Final, share: float | None) -> TameResult:
+    return TameResult(run.tamed, met, run.loop.iteration, _reason(met, capped), final.d, final.bpd, final.mu,
+                      final.sigma, share, run.loop.history, time.perf_counter() - run.start, run.confirm_seconds,
+                      run.confirmations, run.screened)
 
 
 def _stopped(run: _Run, share: float | None) -> TameResult:
@@ -164,6 +166,7 @@ def _confirm(run: _Run, share: float | None, capped: bool, share_stop: Callable[
     met = _share_reached(share, run.config, share_stop) if share is not None else confirmed(final.d, run.config)
     if not (met or capped):
         run.adopt(final)
+        run.loop.refused_at = run.loop.iteration
         if on_phase is not None:
             on_phase("taming")
     return met, final
@@ -276,6 +279,12 @@ class _Run:
         if len(forget_idx) == len(self.forget_q):
             return distances(bpd_f.detach().double().cpu(), self.loop.mu, self.loop.sigma, c)
         return distances(bpd_of(self.tamed, self.forget_q, self.gen), self.loop.mu, self.loop.sigma, c)
+
+    def candidate(self, d: Tensor, share: float | None, share_stop: Callable[[float], bool] | None) -> bool:
+        """Whether this iteration's estimates ask for a stop (confirm_gap iterations after a refused one)."""
+        if self.loop.iteration - self.loop.refused_at < self.config.confirm_gap:
+            return False
+        return _should_stop(d, share, self.config, share_stop)
 
     def confirm(self, screen: bool = False) -> Final:
         """The stop's measurement on fresh statistics (taming.confirm), timed and counted."""

@@ -48,7 +48,7 @@ def test_tame_writes_checkpoint_and_reports(workspace: Path) -> None:
     out, report = workspace / "tamed.safetensors", workspace / "report.json"
     args = ["--model", str(workspace / "base.safetensors"), "--forget", str(workspace / "forget"),
             "--remember", str(workspace / "remember"), "--holdout", str(workspace / "holdout"),
-            "--lr", "2e-3", "--epsilon", "1.0", "--max-iterations", "200", "--out", str(out), "--report", str(report)]
+            "--lr", "2e-3", "--epsilon", "1.0", "--max-iterations", "400", "--out", str(out), "--report", str(report)]
     result = CliRunner().invoke(tame_command, args)
     assert result.exit_code == 0, result.output
     data = json.loads(report.read_text())
