@@ -129,10 +129,15 @@ def warm_base_cache(base: nn.Module, sets: dict[str, Tensor], n_bits: int, cache
     as `evaluate_sets` would: the same subset by content and draws. A job's sets are these minus its person, so
     only the images that replace the person's in a subset are measured again."""
     for images in sets.values():
-        keys = image_keys(images)
-        idx = subset_by_content(keys, MAX_REFERENCE, seed)
-        k = draws if len(images) <= LARGE_SET else min(draws, LARGE_SET_DRAWS)
-        cache.mean_bpd(base, images[idx], keys[idx], n_bits, k, seed, batch_size)
+        chosen, keys, k = _measured_part(images, draws, seed)
+        cache.mean_bpd(base, chosen, keys, n_bits, k, seed, batch_size)
+
+
+def _measured_part(images: Tensor, draws: int, seed: int) -> tuple[Tensor, Tensor, int]:
+    """(the images of a set [n, ...] an evaluation measures, their content keys [n], the draws per image)."""
+    keys = image_keys(images)
+    idx = subset_by_content(keys, MAX_REFERENCE, seed)
+    return images[idx], keys[idx], draws if len(images) <= LARGE_SET else min(draws, LARGE_SET_DRAWS)
 
 
 def _reference_stats(bpd: Tensor, key: str) -> dict[str, float]:
@@ -154,10 +159,7 @@ def _measure(base: nn.Module, tamed: nn.Module, images: Tensor, n_bits: int, dra
              tamed_cache: BaseCache | None = None) -> tuple[Tensor, Tensor]:
     """(bpd under base, bpd under tamed) of one set, subsampled and with fewer draws when large; the tamed values
     go into `tamed_cache` when given."""
-    keys = image_keys(images)
-    idx = subset_by_content(keys, MAX_REFERENCE, seed)
-    images, keys = images[idx], keys[idx]
-    k = draws if len(images) <= LARGE_SET else min(draws, LARGE_SET_DRAWS)
+    images, keys, k = _measured_part(images, draws, seed)
     before = (base_cache.mean_bpd(base, images, keys, n_bits, k, seed, batch_size) if base_cache is not None
               else mean_bpd(base, images, n_bits, k, seed, keys=keys, batch_size=batch_size))
     after = mean_bpd(tamed, images, n_bits, k, seed, keys=keys, batch_size=batch_size)
