@@ -93,10 +93,11 @@ def _reports(planned: list[Planned], context: RunContext, rebalance: Rebalance |
     for plan in planned:
         reports[plan.request.key], figures[plan.request.key] = report_for(plan, context, measured, rebalance,
                                                                           shares)
+    gone = [image_keys(quantize(faces.images, context.base.config.n_bits)) for faces in context.gone]
     for cache in (context.base_cache, context.next_cache):
         if cache is not None:
-            for faces in context.gone:
-                cache.drop(image_keys(quantize(faces.images, context.base.config.n_bits)))
+            for keys in gone:
+                cache.drop(keys)
             cache.save()
     phase("reporting")
     with context.stages("html"):
