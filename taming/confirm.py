@@ -5,9 +5,9 @@ A candidate comes from cheap per-step estimates; the verdict and the certificate
 estimator. On LFW most of a run's candidates were refused (3 of 4 for 61 photos: 108 s of the run), and the
 remember side is nine tenths of each measurement (512 × 16 passes against 61 × 16). So after a first
 confirmation a candidate is screened: the forget images first, against the last confirmation's μ_R, σ_R
-carried forward by how far the loop's own estimates have moved since. A candidate they refuse is refused there; one they pass is measured
-in full, so no verdict rests on old statistics. Every SCREEN_FOR iterations the measurement is a full one
-whatever the screen says, so a screen gone stale cannot hold a run back for long.
+carried forward by how far the loop's own estimates have moved since. A candidate they refuse is refused there;
+one they pass is measured in full, so no verdict rests on old statistics. Every SCREEN_FOR iterations the
+measurement is a full one whatever the screen says, so a screen gone stale cannot hold a run back for long.
 """
 
 from __future__ import annotations
